@@ -1,0 +1,1 @@
+//! The local CXone API simulator: placeholder, being written.
