@@ -1,0 +1,201 @@
+//! Value types and parsers shared by the settings: secrets, durations, lists.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A value that must never reach a log, an audit event, a result or a DLQ header.
+///
+/// `Debug` and `Display` print `***`; the only way to the value is [`Secret::expose`],
+/// which makes every use easy to find.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl<T> fmt::Display for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The broker URL: the full URL (password included) stays secret, and a redacted
+/// form (`amqp://guest:***@host:5672/%2f`) is what logs and `Debug` show.
+#[derive(Clone)]
+pub struct AmqpUrl {
+    full: Secret<String>,
+    redacted: String,
+}
+
+impl AmqpUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let url = url::Url::parse(raw).map_err(|e| format!("{:?} is not a URL ({e})", redact_url(raw)))?;
+        if !matches!(url.scheme(), "amqp" | "amqps") {
+            return Err(format!("{:?} must start with amqp:// or amqps://", redact_url(raw)));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("{:?} has no host", redact_url(raw)));
+        }
+        Ok(Self {
+            full: Secret::new(raw.to_owned()),
+            redacted: redact_url(raw),
+        })
+    }
+
+    pub fn expose(&self) -> &str {
+        self.full.expose()
+    }
+
+    pub fn redacted(&self) -> &str {
+        &self.redacted
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl fmt::Display for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host…` by `***`, working on the raw
+/// text so that even an unparsable URL is printed without its password.
+pub fn redact_url(raw: &str) -> String {
+    let Some(scheme_end) = raw.find("://") else {
+        return raw.to_owned();
+    };
+    let rest = &raw[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return raw.to_owned();
+    };
+    let userinfo = &authority[..at];
+    let user = userinfo.split(':').next().unwrap_or("");
+    let masked = if userinfo.contains(':') {
+        format!("{user}:***")
+    } else {
+        user.to_owned()
+    };
+    format!(
+        "{}{}{}",
+        &raw[..scheme_end + 3],
+        masked,
+        &rest[at..]
+    )
+}
+
+/// Parses `200ms`, `5s`, `2m`, `1h` (a whole number and a unit).
+pub fn parse_duration(raw: &str) -> Option<Duration> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = raw.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+/// Prints a duration the way [`parse_duration`] reads it, in the largest exact unit.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// Splits a separated list, trimming items and dropping empty ones.
+pub fn split_list(raw: &str, sep: char) -> Vec<String> {
+    raw.split(sep)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2".to_owned());
+        assert_eq!(format!("{s:?} {s}"), "*** ***");
+        assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn amqp_url_hides_password() {
+        let u = AmqpUrl::parse("amqp://guest:p%40ss@rabbit:5672/%2f").unwrap();
+        assert_eq!(u.redacted(), "amqp://guest:***@rabbit:5672/%2f");
+        assert_eq!(format!("{u:?}"), "amqp://guest:***@rabbit:5672/%2f");
+        assert!(!format!("{u}").contains("p%40ss"));
+        assert_eq!(u.expose(), "amqp://guest:p%40ss@rabbit:5672/%2f");
+    }
+
+    #[test]
+    fn amqp_url_errors_never_echo_the_password() {
+        let err = AmqpUrl::parse("http://u:topsecret@host/").unwrap_err();
+        assert!(!err.contains("topsecret"), "{err}");
+        let err = AmqpUrl::parse("amqp://u:topsecret@").unwrap_err();
+        assert!(!err.contains("topsecret"), "{err}");
+    }
+
+    #[test]
+    fn redaction_leaves_urls_without_password_alone() {
+        assert_eq!(redact_url("amqp://host/vh"), "amqp://host/vh");
+        assert_eq!(redact_url("amqp://user@host/"), "amqp://user@host/");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("200ms"), Some(Duration::from_millis(200)));
+        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        for bad in ["5x", "5", "s", "", "-1s", "1.5s", "5 s"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        for d in ["200ms", "5s", "2m", "1h", "90s", "1500ms"] {
+            assert_eq!(format_duration(parse_duration(d).unwrap()), d);
+        }
+    }
+
+    #[test]
+    fn lists() {
+        assert_eq!(split_list(" a, b,,c ", ','), ["a", "b", "c"]);
+        assert!(split_list("", ':').is_empty());
+    }
+}

@@ -1,0 +1,235 @@
+//! The one OAuth token of the process: fetched once however many calls wait for it,
+//! refreshed before it expires, and a refused credential reported as the worker's
+//! problem rather than a job's.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::config::Secret;
+use crate::job::{Failure, Systemic};
+use crate::telemetry::names;
+
+const SCOPE: &str = "data-actions:execute oauth:client-credentials";
+/// Refresh this long before `expires_in` runs out...
+const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+/// ...unless the token lives less than this; then at half its lifetime.
+const SHORT_LIFETIME: Duration = Duration::from_secs(120);
+/// A token answer without `expires_in` is trusted this long.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+
+/// A bearer token and when to stop using it.
+pub struct Token {
+    value: Secret<HeaderValue>,
+    refresh_at: Instant,
+    /// Which fetch produced it, so a 401 invalidates only the token it was sent with.
+    generation: u64,
+}
+
+impl Token {
+    pub(crate) fn header(&self) -> HeaderValue {
+        self.value.expose().clone()
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn is_fresh(&self) -> bool {
+        Instant::now() < self.refresh_at
+    }
+}
+
+#[derive(Default)]
+struct State {
+    token: Option<Arc<Token>>,
+    /// Refresh attempts completed, and how the last one ended: a caller that waited
+    /// behind a refresh takes its outcome instead of asking the endpoint again.
+    attempts: u64,
+    last_failure: Option<Failure>,
+}
+
+pub struct TokenCache {
+    http: reqwest::Client,
+    url: url::Url,
+    basic: Secret<HeaderValue>,
+    state: RwLock<State>,
+    /// Held by the one caller that talks to the token endpoint.
+    refresh: tokio::sync::Mutex<()>,
+    backoff: ExponentialBuilder,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    expires_in: Option<u64>,
+}
+
+/// When to refresh a token that lives `lifetime`.
+pub fn refresh_after(lifetime: Duration) -> Duration {
+    if lifetime < SHORT_LIFETIME {
+        lifetime / 2
+    } else {
+        lifetime - REFRESH_MARGIN
+    }
+}
+
+impl TokenCache {
+    pub fn new(http: reqwest::Client, base_url: &url::Url, client_id: &str, secret: &Secret<String>) -> Self {
+        let credentials = STANDARD.encode(format!("{client_id}:{}", secret.expose()));
+        let mut basic = HeaderValue::from_str(&format!("Basic {credentials}")).expect("base64 is a valid header");
+        basic.set_sensitive(true);
+        Self {
+            http,
+            url: super::endpoint(base_url, &["api", "v2", "oauth", "token"]),
+            basic: Secret::new(basic),
+            state: RwLock::new(State::default()),
+            refresh: tokio::sync::Mutex::new(()),
+            backoff: ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(5))
+                .with_max_times(4)
+                .with_jitter(),
+        }
+    }
+
+    /// Shortens the token endpoint's retries (tests of refusal and outages).
+    pub fn with_backoff(mut self, backoff: ExponentialBuilder) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// A fresh token; at most one request to the token endpoint is in flight.
+    pub async fn token(&self) -> Result<Arc<Token>, Failure> {
+        let seen = {
+            let state = self.read();
+            if let Some(token) = state.token.as_ref().filter(|t| t.is_fresh()) {
+                return Ok(token.clone());
+            }
+            state.attempts
+        };
+        let _refreshing = self.refresh.lock().await;
+        {
+            let state = self.read();
+            if let Some(token) = state.token.as_ref().filter(|t| t.is_fresh()) {
+                return Ok(token.clone());
+            }
+            if state.attempts != seen {
+                if let Some(failure) = &state.last_failure {
+                    return Err(failure.clone());
+                }
+            }
+        }
+        let outcome = self.fetch().await;
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        state.attempts += 1;
+        match outcome {
+            Ok(token) => {
+                state.last_failure = None;
+                state.token = Some(token.clone());
+                Ok(token)
+            }
+            Err(failure) => {
+                state.last_failure = Some(failure.clone());
+                Err(failure)
+            }
+        }
+    }
+
+    /// Forgets the token a 401 answered, unless a newer one already replaced it.
+    pub fn invalidate(&self, generation: u64) {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if state.token.as_ref().is_some_and(|t| t.generation == generation) {
+            state.token = None;
+        }
+    }
+
+    /// The generation of the cached token, fresh or not.
+    pub fn cached_generation(&self) -> Option<u64> {
+        self.read().token.as_ref().map(|t| t.generation)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn fetch(&self) -> Result<Arc<Token>, Failure> {
+        let generation = self.read().attempts + 1;
+        let once = || self.fetch_once(generation);
+        once.retry(self.backoff)
+            .sleep(tokio::time::sleep)
+            .when(|f| matches!(f, Failure::Retryable { .. }))
+            .notify(|f, wait| tracing::warn!(error = %f, retry_in = ?wait, "token request failed"))
+            .await
+            .map_err(|f| match f {
+                Failure::Retryable { message } => Failure::systemic(
+                    Systemic::ApiUnreachable,
+                    format!("no token from the token endpoint: {message}"),
+                ),
+                other => other,
+            })
+    }
+
+    async fn fetch_once(&self, generation: u64) -> Result<Arc<Token>, Failure> {
+        metrics::counter!(names::TOKEN_REQUESTS).increment(1);
+        let response = self
+            .http
+            .post(self.url.clone())
+            .header(AUTHORIZATION, self.basic.expose().clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(format!(
+                "grant_type=client_credentials&scope={}",
+                url::form_urlencoded::byte_serialize(SCOPE.as_bytes()).collect::<String>()
+            ))
+            .send()
+            .await
+            .map_err(|e| Failure::retryable(super::transport_message(&e)))?;
+        let status = response.status();
+        if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
+            return Err(Failure::retryable(format!("token endpoint answered {status}")));
+        }
+        if !status.is_success() {
+            // 400/401/403 mean our credentials are refused; any other 4xx means the
+            // endpoint is not what CXONE_API_URL says. Neither is a job's fault.
+            return Err(Failure::systemic(
+                Systemic::CredentialsRefused,
+                format!("token endpoint refused the client credentials ({status})"),
+            ));
+        }
+        let answer: TokenAnswer = response
+            .json()
+            .await
+            .map_err(|e| Failure::retryable(format!("token answer unreadable: {e}")))?;
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", answer.access_token))
+            .map_err(|_| Failure::retryable("token answer holds an unusable access_token"))?;
+        value.set_sensitive(true);
+        let lifetime = answer.expires_in.map_or(DEFAULT_LIFETIME, Duration::from_secs);
+        metrics::counter!(names::TOKEN_REFRESHES).increment(1);
+        tracing::info!(expires_in = lifetime.as_secs(), "obtained an API token");
+        Ok(Arc::new(Token {
+            value: Secret::new(value),
+            refresh_at: Instant::now() + refresh_after(lifetime),
+            generation,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_margins() {
+        assert_eq!(refresh_after(Duration::from_secs(3600)), Duration::from_secs(3540));
+        assert_eq!(refresh_after(Duration::from_secs(120)), Duration::from_secs(60));
+        assert_eq!(refresh_after(Duration::from_secs(119)), Duration::from_millis(59_500));
+        assert_eq!(refresh_after(Duration::from_secs(2)), Duration::from_secs(1));
+        assert_eq!(refresh_after(Duration::ZERO), Duration::ZERO);
+    }
+}

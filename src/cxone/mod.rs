@@ -1,0 +1,206 @@
+//! The CXone API: the shared token ([`auth`]), pacing ([`pacing`]) and the execute
+//! call with one classification of every answer ([`client`]).
+
+pub mod auth;
+pub mod client;
+pub mod pacing;
+
+use std::time::{Duration, SystemTime};
+
+pub use client::{Client, Executed};
+
+/// A `Retry-After` is obeyed up to this long; longer asks are treated as this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// What a 429 without a usable `Retry-After` waits.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Error answers are quoted in results up to this many bytes.
+pub const EXCERPT_BYTES: usize = 512;
+
+/// What an execute answer means for the worker: the only thing it acts on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// Any 2xx; the `executionId` when the answer holds one.
+    Success { execution_id: Option<String> },
+    /// 429: every call of the process waits this long, then this call is made again.
+    RateLimited(Duration),
+    /// 401: the token is refreshed once and the call repeated.
+    Unauthorized,
+    /// 5xx, 408: a failed attempt, worth another later.
+    Retryable(String),
+    /// 403: dead-lettered as `forbidden`.
+    Forbidden { excerpt: String },
+    /// Any other 4xx (or an answer that is not HTTP success nor error): `rejected`.
+    Rejected { status: u16, excerpt: String },
+}
+
+/// Classifies an execute answer from its status, `Retry-After` and body.
+pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8], now: SystemTime) -> Answer {
+    match status {
+        200..=299 => Answer::Success {
+            execution_id: execution_id(body),
+        },
+        429 => Answer::RateLimited(retry_after.and_then(|v| parse_retry_after(v, now)).unwrap_or(DEFAULT_RETRY_AFTER)),
+        401 => Answer::Unauthorized,
+        408 => Answer::Retryable("API answered 408 Request Timeout".into()),
+        500..=599 => Answer::Retryable(format!("API answered {status}: {}", excerpt(body))),
+        403 => Answer::Forbidden { excerpt: excerpt(body) },
+        _ => Answer::Rejected {
+            status,
+            excerpt: excerpt(body),
+        },
+    }
+}
+
+fn execution_id(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Accepted {
+        #[serde(rename = "executionId")]
+        execution_id: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<Accepted>(body).ok()?.execution_id? {
+        serde_json::Value::String(s) => Some(s),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// `Retry-After` as seconds or as an HTTP date, capped at [`MAX_RETRY_AFTER`].
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            at.duration_since(now).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+/// At most [`EXCERPT_BYTES`] of an answer, on a character boundary, on one line, and
+/// with long base64 runs cut: an API that echoes the request must not carry payload
+/// bytes into results.
+pub fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(EXCERPT_BYTES * 4)]);
+    let mut out = String::with_capacity(EXCERPT_BYTES);
+    let mut run = 0usize;
+    for c in text.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=') {
+            run += 1;
+        } else {
+            run = 0;
+        }
+        if run > 64 {
+            if run == 65 {
+                out.truncate(out.len() - 64);
+                out.push('…');
+            }
+            continue;
+        }
+        if out.len() + c.len_utf8() > EXCERPT_BYTES {
+            break;
+        }
+        out.push(c);
+    }
+    out.trim().to_owned()
+}
+
+/// A transport error with its causes, without the URL (which is ours to know).
+pub(crate) fn transport_message(e: &reqwest::Error) -> String {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    let mut message = what.to_owned();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+/// `{base}/{segments…}`, each segment percent-encoded (a data action id is a path
+/// segment, never a path).
+pub(crate) fn endpoint(base: &url::Url, segments: &[&str]) -> url::Url {
+    let mut url = base.clone();
+    url.path_segments_mut()
+        .expect("CXONE_API_URL was checked to be http(s)")
+        .pop_if_empty()
+        .extend(segments);
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    #[test]
+    fn every_answer_has_one_meaning() {
+        let c = |status, body: &[u8]| classify(status, None, body, now());
+        assert_eq!(
+            c(202, br#"{"executionId":"exec-1","status":"queued"}"#),
+            Answer::Success { execution_id: Some("exec-1".into()) }
+        );
+        assert_eq!(c(200, b"not json"), Answer::Success { execution_id: None });
+        assert_eq!(c(204, b""), Answer::Success { execution_id: None });
+        assert_eq!(c(401, b""), Answer::Unauthorized);
+        assert_eq!(c(429, b""), Answer::RateLimited(Duration::from_secs(1)));
+        assert!(matches!(c(408, b""), Answer::Retryable(_)));
+        for s in [500, 502, 503, 504, 599] {
+            assert!(matches!(c(s, b"down"), Answer::Retryable(m) if m.contains(&s.to_string())), "{s}");
+        }
+        assert_eq!(c(403, b"{\"error\":\"no\"}"), Answer::Forbidden { excerpt: "{\"error\":\"no\"}".into() });
+        for s in [400, 404, 409, 413, 422, 451] {
+            assert!(matches!(c(s, b"bad"), Answer::Rejected { status, excerpt } if status == s && excerpt == "bad"), "{s}");
+        }
+        assert!(matches!(c(302, b""), Answer::Rejected { status: 302, .. }));
+    }
+
+    #[test]
+    fn retry_after_in_seconds_and_dates() {
+        let r = |v| classify(429, Some(v), b"", now());
+        assert_eq!(r("7"), Answer::RateLimited(Duration::from_secs(7)));
+        assert_eq!(r("0"), Answer::RateLimited(Duration::ZERO));
+        assert_eq!(r("86400"), Answer::RateLimited(MAX_RETRY_AFTER));
+        let in_20s = httpdate::fmt_http_date(now() + Duration::from_secs(20));
+        assert_eq!(r(&in_20s), Answer::RateLimited(Duration::from_secs(20)));
+        let past = httpdate::fmt_http_date(now() - Duration::from_secs(20));
+        assert_eq!(r(&past), Answer::RateLimited(Duration::ZERO));
+        let far = httpdate::fmt_http_date(now() + Duration::from_secs(3600));
+        assert_eq!(r(&far), Answer::RateLimited(MAX_RETRY_AFTER));
+        assert_eq!(r("soon"), Answer::RateLimited(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn excerpts_are_short_single_line_and_payload_free() {
+        let long = "é".repeat(1000);
+        let e = excerpt(long.as_bytes());
+        assert!(e.len() <= EXCERPT_BYTES && e.is_char_boundary(e.len()));
+        assert_eq!(excerpt(b"line one\nline two"), "line one line two");
+        let echoed = format!("{{\"error\":\"bad\",\"value\":\"{}\"}}", "QUJD".repeat(100));
+        let e = excerpt(echoed.as_bytes());
+        assert!(!e.contains(&"QUJD".repeat(17)), "{e}");
+        assert!(e.starts_with("{\"error\":\"bad\""));
+    }
+
+    #[test]
+    fn endpoints_encode_their_segments() {
+        let base = url::Url::parse("https://api.example/prefix").unwrap();
+        assert_eq!(
+            endpoint(&base, &["api", "v2", "data-actions", "a/b c", "execute"]).as_str(),
+            "https://api.example/prefix/api/v2/data-actions/a%2Fb%20c/execute"
+        );
+        let root = url::Url::parse("http://127.0.0.1:1/").unwrap();
+        assert_eq!(endpoint(&root, &["api"]).as_str(), "http://127.0.0.1:1/api");
+    }
+}

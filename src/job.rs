@@ -1,0 +1,287 @@
+//! The job message, its idempotency key, and the ways a job can fail.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Longest `job_id` accepted: it names a storage object and travels in headers.
+const MAX_JOB_ID_LEN: usize = 512;
+
+/// The body of a message on `P.jobs`, exactly as the contract names its fields.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    pub file: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_action_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Job {
+    /// Parses and checks a job body; every refusal is an `invalid_job` failure.
+    pub fn parse(body: &[u8]) -> Result<Job, Failure> {
+        let job: Job = serde_json::from_slice(body)
+            .map_err(|e| Failure::permanent(ErrorKind::InvalidJob, format!("job is not valid: {e}")))?;
+        job.validate()?;
+        Ok(job)
+    }
+
+    /// The checks serde cannot express; shared by the worker and `enqueue`.
+    pub fn validate(&self) -> Result<(), Failure> {
+        let invalid = |m: String| Err(Failure::permanent(ErrorKind::InvalidJob, m));
+        if let Some(id) = &self.job_id {
+            if id.trim().is_empty() || id.len() > MAX_JOB_ID_LEN || id.chars().any(char::is_control) {
+                return invalid(format!(
+                    "job_id must be 1 to {MAX_JOB_ID_LEN} bytes of printable text"
+                ));
+            }
+        }
+        if self.file.trim().is_empty() {
+            return invalid("file is empty".into());
+        }
+        if !["file://", "s3://", "az://", "gs://", "https://", "http://"]
+            .iter()
+            .any(|scheme| self.file.starts_with(scheme))
+        {
+            return invalid(format!(
+                "file {:?} is not a file://, s3://, az://, gs:// or http(s):// reference",
+                crate::config::redact_url(&self.file)
+            ));
+        }
+        if self.content_type.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return invalid("content_type is empty".into());
+        }
+        if self.data_action_id.as_deref().is_some_and(|a| a.trim().is_empty()) {
+            return invalid("data_action_id is empty".into());
+        }
+        Ok(())
+    }
+}
+
+/// The `Idempotency-Key` of every attempt of a job: `job_id`, else the AMQP
+/// `message_id`, else `sha256:` + hex SHA-256 of the body. The body and properties
+/// travel unchanged through retries and the DLQ, so the key never changes.
+pub fn idempotency_key(job_id: Option<&str>, message_id: Option<&str>, body: &[u8]) -> String {
+    if let Some(id) = job_id.filter(|s| !s.is_empty()) {
+        return id.to_owned();
+    }
+    if let Some(id) = message_id.filter(|s| !s.is_empty()) {
+        return id.to_owned();
+    }
+    format!("sha256:{}", hex::encode(Sha256::digest(body)))
+}
+
+/// Reads the `job_id` of a body that may not be a valid job, so that even an
+/// `invalid_job` result names the job when it can.
+pub fn loose_job_id(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Loose {
+        job_id: Option<String>,
+    }
+    serde_json::from_slice::<Loose>(body)
+        .ok()?
+        .job_id
+        .filter(|id| !id.trim().is_empty() && id.len() <= MAX_JOB_ID_LEN)
+}
+
+/// The contract's error kinds: why a job failed for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    InvalidJob,
+    FileNotFound,
+    FileAccessDenied,
+    EmptyFile,
+    TooLarge,
+    UnsupportedType,
+    TypeMismatch,
+    Rejected,
+    Forbidden,
+    Exhausted,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 10] = [
+        ErrorKind::InvalidJob,
+        ErrorKind::FileNotFound,
+        ErrorKind::FileAccessDenied,
+        ErrorKind::EmptyFile,
+        ErrorKind::TooLarge,
+        ErrorKind::UnsupportedType,
+        ErrorKind::TypeMismatch,
+        ErrorKind::Rejected,
+        ErrorKind::Forbidden,
+        ErrorKind::Exhausted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidJob => "invalid_job",
+            ErrorKind::FileNotFound => "file_not_found",
+            ErrorKind::FileAccessDenied => "file_access_denied",
+            ErrorKind::EmptyFile => "empty_file",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::UnsupportedType => "unsupported_type",
+            ErrorKind::TypeMismatch => "type_mismatch",
+            ErrorKind::Rejected => "rejected",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Exhausted => "exhausted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ErrorKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why the whole worker, not one job, cannot go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Systemic {
+    /// The token endpoint refuses our client credentials.
+    CredentialsRefused,
+    /// The API cannot be reached (transport errors in a row, or no token to be had).
+    ApiUnreachable,
+}
+
+impl Systemic {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Systemic::CredentialsRefused => "credentials_refused",
+            Systemic::ApiUnreachable => "api_unreachable",
+        }
+    }
+}
+
+/// A failure, sorted by the decision it drives. The consumer matches on this and
+/// nothing else.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Failure {
+    /// The job itself is at fault: dead-letter it now, whatever the attempt count.
+    #[error("{kind}: {message}")]
+    Permanent { kind: ErrorKind, message: String },
+    /// Worth another attempt later; dead-lettered as `exhausted` at `MAX_ATTEMPTS`.
+    #[error("{message}")]
+    Retryable { message: String },
+    /// Not the job's fault: hand the job back, pause the worker, resume when it clears.
+    #[error("{}: {message}", .cause.as_str())]
+    Systemic { cause: Systemic, message: String },
+}
+
+impl Failure {
+    pub fn permanent(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Failure::Permanent {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Failure::Retryable {
+            message: message.into(),
+        }
+    }
+
+    pub fn systemic(cause: Systemic, message: impl Into<String>) -> Self {
+        Failure::Systemic {
+            cause,
+            message: message.into(),
+        }
+    }
+
+    /// The message without the kind prefix, as results and DLQ headers carry it.
+    pub fn message(&self) -> &str {
+        match self {
+            Failure::Permanent { message, .. }
+            | Failure::Retryable { message }
+            | Failure::Systemic { message, .. } => message,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(r: Result<Job, Failure>) -> ErrorKind {
+        match r {
+            Err(Failure::Permanent { kind, .. }) => kind,
+            other => panic!("expected a permanent failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_the_contract_example() {
+        let body = br#"{"job_id": "inv-2026-000123",
+            "file": "file:///var/spool/cxone/in/invoice.pdf",
+            "content_type": "application/pdf",
+            "data_action_id": "abc123-def456",
+            "metadata": {"source": "billing", "priority": "high"}}"#;
+        let job = Job::parse(body).unwrap();
+        assert_eq!(job.job_id.as_deref(), Some("inv-2026-000123"));
+        assert_eq!(job.metadata.unwrap()["priority"], "high");
+    }
+
+    #[test]
+    fn refuses_bad_jobs_as_invalid_job() {
+        for body in [
+            &b"{not json"[..],
+            br#"["file:///x.pdf"]"#,
+            br#"{"file": "file:///x.pdf", "fle": 1}"#,
+            br#"{"job_id": "a"}"#,
+            br#"{"file": ""}"#,
+            br#"{"file": "ftp://host/x.pdf"}"#,
+            br#"{"file": "/x.pdf"}"#,
+            br#"{"file": "file:///x", "metadata": [1]}"#,
+            br#"{"file": "file:///x", "metadata": "m"}"#,
+            br#"{"file": "file:///x", "job_id": ""}"#,
+            br#"{"file": "file:///x", "job_id": 7}"#,
+            br#"{"file": "file:///x", "job_id": "a\nb"}"#,
+            br#"{"file": "file:///x", "content_type": " "}"#,
+            br#"{"file": "file:///x", "data_action_id": ""}"#,
+        ] {
+            assert_eq!(kind(Job::parse(body)), ErrorKind::InvalidJob, "{}", String::from_utf8_lossy(body));
+        }
+        let long = format!(r#"{{"file": "file:///x", "job_id": "{}"}}"#, "a".repeat(513));
+        assert_eq!(kind(Job::parse(long.as_bytes())), ErrorKind::InvalidJob);
+    }
+
+    #[test]
+    fn null_optional_fields_are_absent() {
+        let job = Job::parse(br#"{"file": "s3://b/k", "metadata": null, "job_id": null}"#).unwrap();
+        assert!(job.metadata.is_none() && job.job_id.is_none());
+    }
+
+    #[test]
+    fn idempotency_key_order() {
+        let body = br#"{"file":"file:///a"}"#;
+        assert_eq!(idempotency_key(Some("j"), Some("m"), body), "j");
+        assert_eq!(idempotency_key(None, Some("m"), body), "m");
+        assert_eq!(idempotency_key(Some(""), Some(""), body), format!("sha256:{}", hex::encode(Sha256::digest(body))));
+    }
+
+    #[test]
+    fn loose_job_id_reads_broken_jobs() {
+        assert_eq!(loose_job_id(br#"{"job_id":"x","fle":1}"#).as_deref(), Some("x"));
+        assert_eq!(loose_job_id(b"{not json"), None);
+    }
+
+    #[test]
+    fn error_kinds_round_trip() {
+        for k in ErrorKind::ALL {
+            assert_eq!(ErrorKind::parse(k.as_str()), Some(k));
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! `file://` references: only inside `FILE_ROOTS`, after resolving `..` and symbolic links.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Component, Path, PathBuf};
+
+use crate::job::{ErrorKind, Failure};
+
+/// Which local paths may be read. `Any` serves `cxone-worker encode`, where the
+/// operator names a file on their own disk.
+#[derive(Debug, Clone)]
+pub(crate) enum Roots {
+    Only(Vec<PathBuf>),
+    Any,
+}
+
+/// A local file, opened and checked, ready to be read.
+#[derive(Debug)]
+pub(crate) struct OpenedFile {
+    file: File,
+    size: u64,
+}
+
+impl OpenedFile {
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Reads at most `max + 1` bytes, whatever the file has grown to since it was
+    /// opened, so that a growing file costs no more memory than the limit.
+    pub(crate) fn read(self, max: u64) -> Result<Vec<u8>, Failure> {
+        let expected = self.size.min(max) as usize;
+        let mut buf = Vec::with_capacity(expected);
+        (&self.file)
+            .take(max + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| io_failure("cannot read the file", &e))?;
+        check_size(buf.len() as u64, max)?;
+        Ok(buf)
+    }
+}
+
+fn check_size(size: u64, max: u64) -> Result<(), Failure> {
+    if size == 0 {
+        return Err(Failure::permanent(ErrorKind::EmptyFile, "the file is empty"));
+    }
+    if size > max {
+        return Err(Failure::permanent(
+            ErrorKind::TooLarge,
+            format!("the file has more than the {max} bytes allowed (MAX_PAYLOAD_BYTES)"),
+        ));
+    }
+    Ok(())
+}
+
+fn denied(message: impl Into<String>) -> Failure {
+    Failure::permanent(ErrorKind::FileAccessDenied, message)
+}
+
+fn io_failure(what: &str, e: &io::Error) -> Failure {
+    match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => {
+            Failure::permanent(ErrorKind::FileNotFound, format!("{what}: {e}"))
+        }
+        io::ErrorKind::PermissionDenied => denied(format!("{what}: {e}")),
+        // EIO, a stale NFS handle, too many open files: not the job's fault.
+        _ => Failure::retryable(format!("{what}: {e}")),
+    }
+}
+
+/// Opens the file a `file://` reference names, and checks its size from metadata
+/// before a byte is read. Blocking: call from `spawn_blocking`.
+pub(crate) fn open(reference: &str, roots: &Roots, max: u64) -> Result<OpenedFile, Failure> {
+    let raw = reference
+        .strip_prefix("file://localhost")
+        .or_else(|| reference.strip_prefix("file://"))
+        .unwrap_or(reference);
+    let path = Path::new(raw);
+    if !path.is_absolute() {
+        return Err(denied(format!("{raw:?} is not an absolute path")));
+    }
+    let path = match roots {
+        Roots::Any => path.to_path_buf(),
+        Roots::Only(roots) => confine(path, roots)?,
+    };
+    // Refuse FIFOs and devices before opening: opening a FIFO blocks until a writer comes.
+    let meta = std::fs::metadata(&path).map_err(|e| io_failure("cannot open the file", &e))?;
+    if !meta.is_file() {
+        return Err(Failure::permanent(
+            ErrorKind::FileNotFound,
+            "the reference does not name a regular file",
+        ));
+    }
+    let file = File::open(&path).map_err(|e| io_failure("cannot open the file", &e))?;
+    if let Roots::Only(roots) = roots {
+        recheck_opened(&file, roots)?;
+    }
+    let size = file
+        .metadata()
+        .map_err(|e| io_failure("cannot read the file's metadata", &e))?
+        .len();
+    check_size(size, max)?;
+    Ok(OpenedFile { file, size })
+}
+
+/// Resolves `path` to the canonical path it leads to, and refuses it unless that
+/// lies inside one of `roots` (canonical themselves). The refusal does not depend on
+/// whether the file exists, so nothing about the outside is revealed.
+fn confine(path: &Path, roots: &[PathBuf]) -> Result<PathBuf, Failure> {
+    if roots.is_empty() {
+        return Err(denied("file:// references are disabled (FILE_ROOTS is empty)"));
+    }
+    let lexical = normalize(path);
+    let (resolved, exists) = resolve_existing_prefix(&lexical);
+    if !roots.iter().any(|root| resolved.starts_with(root)) {
+        return Err(denied(format!("{} is outside FILE_ROOTS", path.display())));
+    }
+    if !exists {
+        return Err(Failure::permanent(
+            ErrorKind::FileNotFound,
+            format!("{} does not exist", path.display()),
+        ));
+    }
+    Ok(resolved)
+}
+
+/// Removes `.` and resolves `..` without touching the file system; `..` at the top
+/// stays at `/`, as the kernel does.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(part) => out.push(part),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
+/// Canonicalizes the longest existing ancestor of `path` (resolving every symbolic
+/// link in it) and appends the rest, which cannot hold links since it does not exist.
+fn resolve_existing_prefix(path: &Path) -> (PathBuf, bool) {
+    let mut missing = Vec::new();
+    let mut current = path.to_path_buf();
+    loop {
+        match current.canonicalize() {
+            Ok(canonical) => {
+                let exists = missing.is_empty();
+                let full = missing.iter().rev().fold(canonical, |acc, part| acc.join(part));
+                return (full, exists);
+            }
+            Err(_) => match (current.file_name().map(ToOwned::to_owned), current.parent()) {
+                (Some(name), Some(parent)) => {
+                    missing.push(name);
+                    current = parent.to_path_buf();
+                }
+                _ => return (path.to_path_buf(), false),
+            },
+        }
+    }
+}
+
+/// Checks where the open descriptor really points, closing the window between the
+/// check in [`confine`] and the open (a directory swapped for a link meanwhile).
+fn recheck_opened(file: &File, roots: &[PathBuf]) -> Result<(), Failure> {
+    use std::os::fd::AsRawFd;
+    let Ok(real) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) else {
+        return Ok(()); // no /proc: the check before opening stands alone
+    };
+    if roots.iter().any(|root| real.starts_with(root)) {
+        Ok(())
+    } else {
+        Err(denied("the file moved outside FILE_ROOTS while being opened"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    struct Tree {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+        outside: PathBuf,
+    }
+
+    fn tree() -> Tree {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        let root = base.join("in");
+        std::fs::create_dir(&root).unwrap();
+        let outside = base.join("outside.pdf");
+        std::fs::write(&outside, b"%PDF-1.4 secret").unwrap();
+        Tree { _dir: dir, root, outside }
+    }
+
+    fn kind_of(r: Result<OpenedFile, Failure>) -> ErrorKind {
+        match r {
+            Err(Failure::Permanent { kind, .. }) => kind,
+            other => panic!("expected a permanent failure, got {other:?}"),
+        }
+    }
+
+    fn open_in(t: &Tree, reference: &str, max: u64) -> Result<OpenedFile, Failure> {
+        open(reference, &Roots::Only(vec![t.root.clone()]), max)
+    }
+
+    #[test]
+    fn reads_a_file_inside_the_roots() {
+        let t = tree();
+        let p = t.root.join("a.pdf");
+        std::fs::write(&p, b"%PDF-1.4 hello").unwrap();
+        let opened = open_in(&t, &format!("file://{}", p.display()), 100).unwrap();
+        assert_eq!(opened.size(), 14);
+        assert_eq!(opened.read(100).unwrap(), b"%PDF-1.4 hello");
+        let dotted = format!("file://{}/./sub/../a.pdf", t.root.display());
+        std::fs::create_dir(t.root.join("sub")).unwrap();
+        assert!(open_in(&t, &dotted, 100).is_ok(), ".. that stays inside is fine");
+    }
+
+    #[test]
+    fn escapes_are_denied_whether_or_not_the_target_exists() {
+        let t = tree();
+        symlink(&t.outside, t.root.join("link.pdf")).unwrap();
+        symlink(t.outside.parent().unwrap(), t.root.join("dirlink")).unwrap();
+        let r = t.root.display();
+        for reference in [
+            format!("file://{}", t.outside.display()),
+            format!("file://{r}/../outside.pdf"),
+            format!("file://{r}/../nowhere.pdf"),
+            format!("file://{r}/link.pdf"),
+            format!("file://{r}/dirlink/outside.pdf"),
+            format!("file://{r}/dirlink/missing.pdf"),
+            format!("file://{r}/../../../../etc/passwd"),
+            "file://relative/path.pdf".to_string(),
+            "file:///etc/passwd".to_string(),
+        ] {
+            assert_eq!(kind_of(open_in(&t, &reference, 100)), ErrorKind::FileAccessDenied, "{reference}");
+        }
+    }
+
+    #[test]
+    fn links_inside_the_roots_are_followed() {
+        let t = tree();
+        std::fs::write(t.root.join("real.pdf"), b"%PDF").unwrap();
+        symlink(t.root.join("real.pdf"), t.root.join("alias.pdf")).unwrap();
+        let opened = open_in(&t, &format!("file://{}/alias.pdf", t.root.display()), 100).unwrap();
+        assert_eq!(opened.size(), 4);
+    }
+
+    #[test]
+    fn no_roots_means_no_file_references() {
+        let t = tree();
+        let r = open(&format!("file://{}", t.outside.display()), &Roots::Only(vec![]), 100);
+        assert_eq!(kind_of(r), ErrorKind::FileAccessDenied);
+    }
+
+    #[test]
+    fn missing_and_non_regular_files_are_not_found() {
+        let t = tree();
+        let r = t.root.display();
+        assert_eq!(kind_of(open_in(&t, &format!("file://{r}/missing.pdf"), 100)), ErrorKind::FileNotFound);
+        assert_eq!(kind_of(open_in(&t, &format!("file://{r}/no/such/dir.pdf"), 100)), ErrorKind::FileNotFound);
+        std::fs::create_dir(t.root.join("adir")).unwrap();
+        assert_eq!(kind_of(open_in(&t, &format!("file://{r}/adir"), 100)), ErrorKind::FileNotFound);
+    }
+
+    #[test]
+    fn boundary_sizes() {
+        let t = tree();
+        let at = |n: usize| {
+            let p = t.root.join(format!("f{n}"));
+            std::fs::write(&p, vec![7u8; n]).unwrap();
+            format!("file://{}", p.display())
+        };
+        assert_eq!(kind_of(open_in(&t, &at(0), 10)), ErrorKind::EmptyFile);
+        assert_eq!(open_in(&t, &at(1), 10).unwrap().read(10).unwrap().len(), 1);
+        assert_eq!(open_in(&t, &at(10), 10).unwrap().read(10).unwrap().len(), 10);
+        assert_eq!(kind_of(open_in(&t, &at(11), 10)), ErrorKind::TooLarge);
+    }
+
+    #[test]
+    fn a_file_that_grows_after_the_check_is_cut_at_max_plus_one() {
+        let t = tree();
+        let p = t.root.join("grows");
+        std::fs::write(&p, vec![1u8; 5]).unwrap();
+        let opened = open_in(&t, &format!("file://{}", p.display()), 10).unwrap();
+        std::fs::write(&p, vec![1u8; 1000]).unwrap();
+        let Err(Failure::Permanent { kind, .. }) = opened.read(10) else {
+            panic!("a grown file must be refused");
+        };
+        assert_eq!(kind, ErrorKind::TooLarge);
+    }
+
+    #[test]
+    fn a_file_emptied_after_the_check_is_empty() {
+        let t = tree();
+        let p = t.root.join("shrinks");
+        std::fs::write(&p, vec![1u8; 5]).unwrap();
+        let opened = open_in(&t, &format!("file://{}", p.display()), 10).unwrap();
+        std::fs::write(&p, b"").unwrap();
+        assert!(matches!(opened.read(10), Err(Failure::Permanent { kind: ErrorKind::EmptyFile, .. })));
+    }
+
+    #[test]
+    fn unreadable_files_are_denied() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tree();
+        let p = t.root.join("locked.pdf");
+        std::fs::write(&p, b"%PDF").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o000)).unwrap();
+        // root reads anything: only check the mapping where permissions apply.
+        if File::open(&p).is_err() {
+            assert_eq!(kind_of(open_in(&t, &format!("file://{}", p.display()), 100)), ErrorKind::FileAccessDenied);
+        } else {
+            let e = io::Error::from(io::ErrorKind::PermissionDenied);
+            assert!(matches!(io_failure("x", &e), Failure::Permanent { kind: ErrorKind::FileAccessDenied, .. }));
+        }
+    }
+
+    #[test]
+    fn normalize_is_lexical() {
+        assert_eq!(normalize(Path::new("/a/./b/../c")), PathBuf::from("/a/c"));
+        assert_eq!(normalize(Path::new("/../../x")), PathBuf::from("/x"));
+    }
+}
