@@ -5,8 +5,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Longest `job_id` accepted: it names a storage object and travels in headers.
-const MAX_JOB_ID_LEN: usize = 512;
+/// Longest `job_id` accepted: it travels as the AMQP `correlation_id`, a short string.
+const MAX_JOB_ID_LEN: usize = 255;
 
 /// The body of a message on `P.jobs`, exactly as the contract names its fields.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -253,7 +253,7 @@ mod tests {
         ] {
             assert_eq!(kind(Job::parse(body)), ErrorKind::InvalidJob, "{}", String::from_utf8_lossy(body));
         }
-        let long = format!(r#"{{"file": "file:///x", "job_id": "{}"}}"#, "a".repeat(513));
+        let long = format!(r#"{{"file": "file:///x", "job_id": "{}"}}"#, "a".repeat(256));
         assert_eq!(kind(Job::parse(long.as_bytes())), ErrorKind::InvalidJob);
     }
 

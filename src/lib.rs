@@ -10,14 +10,30 @@
 //! | [`source`] | a file reference -> bytes (`file://` inside `FILE_ROOTS`, …) |
 //! | [`encode`] | sniff, validate, base64: bytes in, request body out |
 //! | [`cxone`] | the API: shared token, pacing, execute and the meaning of each answer |
+//! | [`budget`] | the byte budget: how much file content jobs hold at once |
+//! | [`storage`] | the external storage record of a succeeded job |
+//! | [`outcome`] | what a job became: results and audit events |
+//! | [`worker`] | one job from delivery to outcome, knowing nothing of AMQP |
+//! | [`broker`] | RabbitMQ: topology, confirms, consumer, reconnection |
+//! | [`admin`] | `/healthz`, `/readyz`, `/metrics` |
 //! | [`telemetry`] | logs, traces and metric names |
+//! | [`shutdown`] | the signal that starts the drain |
+//! | [`commands`] | one file per subcommand |
 //! | [`sim`] | the local CXone API simulator (`cxone-worker sim`) |
 #![warn(unreachable_pub)]
 
+pub mod admin;
+pub mod broker;
+pub mod budget;
+pub mod commands;
 pub mod config;
 pub mod cxone;
 pub mod encode;
 pub mod job;
+pub mod outcome;
 pub mod sim;
+pub mod shutdown;
 pub mod source;
+pub mod storage;
 pub mod telemetry;
+pub mod worker;

@@ -1,1 +1,53 @@
-fn main() {}
+//! The `cxone-worker` binary: parse the command line, start telemetry, dispatch.
+
+use clap::{Parser, Subcommand};
+
+use cxone_worker::commands::{definitions, encode, run};
+use cxone_worker::config::{ConfigError, RunArgs};
+use cxone_worker::{config, telemetry};
+
+#[derive(Parser)]
+#[command(name = "cxone-worker", version, about = "Encode files from RabbitMQ jobs and execute NICE CXone Data Actions with them")]
+struct Cli {
+    /// Log format: json (one object per line) or text; level from RUST_LOG.
+    #[arg(long, env = "LOG_FORMAT", default_value = "json", global = true)]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume jobs until SIGTERM/SIGINT: declare the topology, execute, publish outcomes.
+    Run(Box<RunArgs>),
+    /// Validate and encode one file; print the request body `run` would send.
+    Encode(encode::EncodeArgs),
+    /// Print the topology as a RabbitMQ definitions file.
+    Definitions(definitions::DefinitionsArgs),
+}
+
+/// A bad setting stops the program with one line naming the variable, exit code 2.
+fn refuse(e: ConfigError) -> ! {
+    eprintln!("cxone-worker: {e}");
+    std::process::exit(2);
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let format = config::log_format(&cli.log_format).unwrap_or_else(|e| refuse(e));
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Run(args) => {
+            let settings = args.settings().unwrap_or_else(|e| refuse(e));
+            let _telemetry = runtime.block_on(async { telemetry::init(format, "cxone-worker") });
+            runtime.block_on(run::run(settings))
+        }
+        Command::Encode(args) => {
+            if let Err(e) = args.limits.settings() {
+                refuse(e);
+            }
+            runtime.block_on(encode::run(&args))
+        }
+        Command::Definitions(args) => definitions::run(&args).map_err(|e| refuse(e)),
+    }
+}

@@ -123,15 +123,51 @@ impl BrokerArgs {
     }
 }
 
-/// What a file reference may point at, and how big and of which type it may be.
+/// How big a file may be and which types it may have.
 #[derive(Args, Debug, Clone)]
-pub struct FileArgs {
+pub struct LimitArgs {
     /// Largest file accepted, in bytes, before encoding.
     #[arg(long, env = "MAX_PAYLOAD_BYTES", default_value = "10485760")]
     pub max_payload_bytes: String,
     /// Comma list of accepted content types.
     #[arg(long, env = "ALLOWED_MIME_TYPES", default_value = DEFAULT_MIME_TYPES)]
     pub allowed_mime_types: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_payload_bytes: u64,
+    pub allowed_types: Vec<String>,
+}
+
+impl LimitArgs {
+    pub fn settings(&self) -> Result<Limits, ConfigError> {
+        let max_payload_bytes = number_in(
+            "MAX_PAYLOAD_BYTES",
+            &self.max_payload_bytes,
+            "10485760",
+            1,
+            MAX_PAYLOAD_CEILING,
+        )?;
+        let allowed_types: Vec<String> = split_list(or_default(&self.allowed_mime_types, DEFAULT_MIME_TYPES), ',')
+            .into_iter()
+            .map(|t| t.to_ascii_lowercase())
+            .collect();
+        if let Some(t) = allowed_types.iter().find(|t| !is_mime_type(t)) {
+            return Err(bad("ALLOWED_MIME_TYPES", format!("{t:?} is not a content type")));
+        }
+        Ok(Limits {
+            max_payload_bytes,
+            allowed_types,
+        })
+    }
+}
+
+/// What a file reference may point at, and how big and of which type it may be.
+#[derive(Args, Debug, Clone)]
+pub struct FileArgs {
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Colon list of directories that file:// references may read; none = file:// refused.
     #[arg(long, env = "FILE_ROOTS", default_value = "")]
     pub file_roots: String,
@@ -160,20 +196,10 @@ pub struct FileSettings {
 
 impl FileArgs {
     pub fn settings(&self) -> Result<FileSettings, ConfigError> {
-        let max_payload_bytes = number_in(
-            "MAX_PAYLOAD_BYTES",
-            &self.max_payload_bytes,
-            "10485760",
-            1,
-            MAX_PAYLOAD_CEILING,
-        )?;
-        let allowed_types: Vec<String> = split_list(or_default(&self.allowed_mime_types, DEFAULT_MIME_TYPES), ',')
-            .into_iter()
-            .map(|t| t.to_ascii_lowercase())
-            .collect();
-        if let Some(t) = allowed_types.iter().find(|t| !is_mime_type(t)) {
-            return Err(bad("ALLOWED_MIME_TYPES", format!("{t:?} is not a content type")));
-        }
+        let Limits {
+            max_payload_bytes,
+            allowed_types,
+        } = self.limits.settings()?;
         let roots = split_list(&self.file_roots, ':')
             .iter()
             .map(|r| canonical_root(Path::new(r)))

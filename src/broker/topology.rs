@@ -1,0 +1,407 @@
+//! Every exchange, queue, binding, argument, header and routing key of the worker,
+//! in one place: `declare` applies it, `definitions` exports it for operators who
+//! pre-declare it, and nothing else in the crate spells a name.
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+use serde_json::{Value, json};
+
+use crate::config::format_duration;
+
+/// Deliveries of one job message before the broker dead-letters it without the
+/// worker: the backstop for a message that crashes the worker every time. High
+/// enough that hand-backs during pauses and restarts never reach it.
+pub const JOBS_DELIVERY_LIMIT: i64 = 20;
+
+/// Headers the worker reads and writes.
+pub mod headers {
+    /// Execution attempts made so far (on retry copies).
+    pub const ATTEMPTS: &str = "x-cxone-attempts";
+    /// The execution id of a job whose execution succeeded but whose storage write
+    /// failed: its retry writes the record and does not execute again.
+    pub const EXECUTION_ID: &str = "x-cxone-execution-id";
+    /// Storage writes that failed after a successful execution.
+    pub const SYNC_FAILURES: &str = "x-cxone-sync-failures";
+    /// Times the job was replayed from the DLQ.
+    pub const REPLAYS: &str = "x-cxone-replays";
+    /// On DLQ copies, as the contract names them.
+    pub const ERROR_KIND: &str = "x-error-kind";
+    pub const ERROR: &str = "x-error";
+    pub const DLQ_ATTEMPTS: &str = "x-attempts";
+    pub const FAILED_AT: &str = "x-failed-at";
+    /// Set by RabbitMQ: deliveries of a message from a quorum queue.
+    pub const DELIVERY_COUNT: &str = "x-delivery-count";
+    /// Set by RabbitMQ when it dead-letters a message.
+    pub const DEATH: &str = "x-death";
+}
+
+/// Routing keys of what the worker publishes.
+pub mod routing {
+    pub const SUCCEEDED: &str = "job.succeeded";
+    pub const FAILED: &str = "job.failed";
+
+    pub fn audit(event: &str) -> String {
+        format!("audit.{event}")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueKind {
+    Quorum,
+}
+
+/// One queue: its name, its arguments, and the role `status` shows.
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    pub name: String,
+    pub role: &'static str,
+    pub kind: QueueKind,
+    pub arguments: Vec<(&'static str, Arg)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+#[derive(Debug, Clone)]
+pub struct ExchangeSpec {
+    pub name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct BindingSpec {
+    pub exchange: String,
+    pub queue: String,
+    pub key: &'static str,
+}
+
+/// The names of one worker deployment, derived from `CXONE_QUEUE_PREFIX`.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    prefix: String,
+    /// Distinct delays of `RETRY_DELAYS`, one retry queue each.
+    delays: Vec<Duration>,
+}
+
+impl Topology {
+    pub fn new(prefix: &str, retry_delays: &[Duration]) -> Self {
+        let mut delays = Vec::new();
+        for d in retry_delays {
+            if !delays.contains(d) {
+                delays.push(*d);
+            }
+        }
+        Self {
+            prefix: prefix.to_owned(),
+            delays,
+        }
+    }
+
+    /// For tools that only read queues (`status`, `dlq`): the retry queues are
+    /// found by name, so they need no delays.
+    pub fn names_only(prefix: &str) -> Self {
+        Self::new(prefix, &[])
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The jobs exchange, and the jobs queue of the same name.
+    pub fn jobs(&self) -> String {
+        format!("{}.jobs", self.prefix)
+    }
+
+    pub fn results(&self) -> String {
+        format!("{}.results", self.prefix)
+    }
+
+    pub fn audit(&self) -> String {
+        format!("{}.audit", self.prefix)
+    }
+
+    pub fn dlx(&self) -> String {
+        format!("{}.dlx", self.prefix)
+    }
+
+    pub fn dlq(&self) -> String {
+        format!("{}.jobs.dlq", self.prefix)
+    }
+
+    /// The queue where a job waits `delay` before going back to `P.jobs`.
+    pub fn retry_queue(&self, delay: Duration) -> String {
+        format!("{}.retry.{}", self.prefix, format_duration(delay))
+    }
+
+    /// Recognizes a retry queue's name (for `status`, which has no delays).
+    pub fn is_retry_queue(&self, name: &str) -> bool {
+        name.strip_prefix(&self.prefix)
+            .and_then(|rest| rest.strip_prefix(".retry."))
+            .and_then(crate::config::parse_duration)
+            .is_some()
+    }
+
+    pub fn exchanges(&self) -> Vec<ExchangeSpec> {
+        [self.jobs(), self.results(), self.audit(), self.dlx()]
+            .into_iter()
+            .map(|name| ExchangeSpec { name })
+            .collect()
+    }
+
+    pub fn queues(&self) -> Vec<QueueSpec> {
+        let quorum = |name: String, role, arguments| QueueSpec {
+            name,
+            role,
+            kind: QueueKind::Quorum,
+            arguments,
+        };
+        // At-least-once dead-lettering (which needs reject-publish overflow) keeps a
+        // message that the broker moves between queues from being lost on the way.
+        let safe_dead_letter = || {
+            vec![
+                ("x-dead-letter-strategy", Arg::Text("at-least-once".into())),
+                ("x-overflow", Arg::Text("reject-publish".into())),
+            ]
+        };
+        let mut jobs_args = vec![
+            ("x-delivery-limit", Arg::Int(JOBS_DELIVERY_LIMIT)),
+            ("x-dead-letter-exchange", Arg::Text(self.dlx())),
+        ];
+        jobs_args.extend(safe_dead_letter());
+        let mut queues = vec![
+            quorum(self.jobs(), "jobs", jobs_args),
+            quorum(self.results(), "results", vec![]),
+            quorum(self.audit(), "audit", vec![]),
+            quorum(self.dlq(), "dead letters", vec![]),
+        ];
+        for delay in &self.delays {
+            let mut args = vec![
+                ("x-message-ttl", Arg::Int(delay.as_millis() as i64)),
+                // Straight back to the jobs queue, not through the jobs exchange:
+                // other bindings an operator added there must not see retries.
+                ("x-dead-letter-exchange", Arg::Text(String::new())),
+                ("x-dead-letter-routing-key", Arg::Text(self.jobs())),
+            ];
+            args.extend(safe_dead_letter());
+            queues.push(quorum(self.retry_queue(*delay), "retry", args));
+        }
+        queues
+    }
+
+    pub fn bindings(&self) -> Vec<BindingSpec> {
+        let all = |exchange: String, queue: String| BindingSpec {
+            exchange,
+            queue,
+            key: "#",
+        };
+        vec![
+            all(self.jobs(), self.jobs()),
+            all(self.results(), self.results()),
+            all(self.audit(), self.audit()),
+            all(self.dlx(), self.dlq()),
+        ]
+    }
+
+    /// Declares everything; idempotent, so every (re)connection calls it.
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        for exchange in self.exchanges() {
+            channel
+                .exchange_declare(exchange.name.into(), ExchangeKind::Topic, durable, FieldTable::default())
+                .await?;
+        }
+        for queue in self.queues() {
+            channel
+                .queue_declare(queue.name.clone().into(), QueueDeclareOptions::durable(), queue.field_table())
+                .await?;
+        }
+        for b in self.bindings() {
+            channel
+                .queue_bind(
+                    b.queue.into(),
+                    b.exchange.into(),
+                    b.key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The same topology as a RabbitMQ definitions document (`rabbitmqctl
+    /// import_definitions`, or `load_definitions` in rabbitmq.conf).
+    pub fn definitions(&self, vhost: &str) -> Value {
+        let exchanges: Vec<Value> = self
+            .exchanges()
+            .into_iter()
+            .map(|e| {
+                json!({"name": e.name, "vhost": vhost, "type": "topic", "durable": true,
+                       "auto_delete": false, "internal": false, "arguments": {}})
+            })
+            .collect();
+        let queues: Vec<Value> = self
+            .queues()
+            .into_iter()
+            .map(|q| {
+                let mut arguments = serde_json::Map::new();
+                arguments.insert("x-queue-type".into(), json!("quorum"));
+                for (k, v) in &q.arguments {
+                    arguments.insert((*k).into(), v.to_json());
+                }
+                json!({"name": q.name, "vhost": vhost, "durable": true, "auto_delete": false,
+                       "arguments": arguments})
+            })
+            .collect();
+        let bindings: Vec<Value> = self
+            .bindings()
+            .into_iter()
+            .map(|b| {
+                json!({"source": b.exchange, "vhost": vhost, "destination": b.queue,
+                       "destination_type": "queue", "routing_key": b.key, "arguments": {}})
+            })
+            .collect();
+        json!({"exchanges": exchanges, "queues": queues, "bindings": bindings})
+    }
+}
+
+impl QueueSpec {
+    pub fn field_table(&self) -> FieldTable {
+        let mut table = FieldTable::default();
+        let kind = match self.kind {
+            QueueKind::Quorum => "quorum",
+        };
+        table.insert("x-queue-type".into(), text(kind));
+        for (k, v) in &self.arguments {
+            let value = match v {
+                Arg::Text(s) => text(s),
+                Arg::Int(n) => AMQPValue::LongLongInt(*n),
+            };
+            table.insert((*k).into(), value);
+        }
+        table
+    }
+}
+
+impl Arg {
+    fn to_json(&self) -> Value {
+        match self {
+            Arg::Text(s) => json!(s),
+            Arg::Int(n) => json!(n),
+        }
+    }
+}
+
+/// A header or argument value holding text.
+pub fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes()))
+}
+
+/// Reads a header as text, whichever string type the publisher used.
+pub fn header_text(headers: &FieldTable, key: &str) -> Option<String> {
+    match headers.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        AMQPValue::ByteArray(b) => Some(String::from_utf8_lossy(b.as_slice()).into_owned()),
+        _ => None,
+    }
+}
+
+/// Reads a header as a whole number, whichever integer type the publisher used.
+pub fn header_int(headers: &FieldTable, key: &str) -> Option<i64> {
+    match headers.inner().get(key)? {
+        AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).trim().parse().ok(),
+        AMQPValue::ShortString(s) => s.as_str().trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A short string from text that may be longer than AMQP allows (255 bytes): cut at
+/// a character boundary rather than panicking.
+pub fn short(s: &str) -> ShortString {
+    let mut end = s.len().min(255);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    ShortString::from(&s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topo() -> Topology {
+        let d = |s| Duration::from_secs(s);
+        Topology::new("cxone", &[d(5), d(30), d(120), d(600), d(600)])
+    }
+
+    #[test]
+    fn names_follow_the_contract() {
+        let t = topo();
+        assert_eq!(t.jobs(), "cxone.jobs");
+        assert_eq!(t.results(), "cxone.results");
+        assert_eq!(t.audit(), "cxone.audit");
+        assert_eq!(t.dlx(), "cxone.dlx");
+        assert_eq!(t.dlq(), "cxone.jobs.dlq");
+        let retry: Vec<String> = t.queues().into_iter().filter(|q| q.role == "retry").map(|q| q.name).collect();
+        assert_eq!(retry, ["cxone.retry.5s", "cxone.retry.30s", "cxone.retry.2m", "cxone.retry.10m"]);
+        assert!(t.is_retry_queue("cxone.retry.2m"));
+        assert!(!t.is_retry_queue("cxone.retry.soon"));
+        assert!(!t.is_retry_queue("other.retry.2m"));
+    }
+
+    #[test]
+    fn retry_queues_dead_letter_to_the_jobs_queue() {
+        let t = topo();
+        let q = t.queues().into_iter().find(|q| q.name == "cxone.retry.30s").unwrap();
+        assert!(q.arguments.contains(&("x-message-ttl", Arg::Int(30_000))));
+        assert!(q.arguments.contains(&("x-dead-letter-exchange", Arg::Text(String::new()))));
+        assert!(q.arguments.contains(&("x-dead-letter-routing-key", Arg::Text("cxone.jobs".into()))));
+        let jobs = &t.queues()[0];
+        assert!(jobs.arguments.contains(&("x-delivery-limit", Arg::Int(JOBS_DELIVERY_LIMIT))));
+        assert!(jobs.arguments.contains(&("x-dead-letter-exchange", Arg::Text("cxone.dlx".into()))));
+    }
+
+    /// The shipped definitions file is this module's output, not a copy kept by hand.
+    #[test]
+    fn deploy_definitions_match_the_code() {
+        let shipped: Value =
+            serde_json::from_str(include_str!("../../deploy/rabbitmq-definitions.json")).unwrap();
+        assert_eq!(shipped, topo().definitions("/"));
+    }
+
+    #[test]
+    fn headers_read_any_integer_or_string_type() {
+        let mut h = FieldTable::default();
+        h.insert("a".into(), AMQPValue::LongInt(3));
+        h.insert("b".into(), AMQPValue::ShortShortUInt(4));
+        h.insert("c".into(), text("5"));
+        h.insert("d".into(), text("exec-1"));
+        assert_eq!(header_int(&h, "a"), Some(3));
+        assert_eq!(header_int(&h, "b"), Some(4));
+        assert_eq!(header_int(&h, "c"), Some(5));
+        assert_eq!(header_int(&h, "missing"), None);
+        assert_eq!(header_text(&h, "d").as_deref(), Some("exec-1"));
+    }
+
+    #[test]
+    fn short_strings_never_panic() {
+        assert_eq!(short(&"é".repeat(200)).as_str().len(), 254);
+        assert_eq!(short("abc").as_str(), "abc");
+    }
+}

@@ -1,0 +1,92 @@
+//! The byte budget: file bytes held in memory by all jobs at once stay under
+//! `MAX_INFLIGHT_BYTES`, so that a burst of large files waits instead of
+//! exhausting memory.
+
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::telemetry::names;
+
+/// Permits are KiB: a semaphore counts in `u32`, and a KiB grain costs nothing.
+const UNIT: u64 = 1024;
+
+#[derive(Clone)]
+pub struct ByteBudget {
+    permits: Arc<Semaphore>,
+    capacity: u32,
+}
+
+/// Bytes reserved by one job; released when dropped.
+pub struct Reservation {
+    _permit: OwnedSemaphorePermit,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        metrics::gauge!(names::IN_FLIGHT_BYTES).decrement(self.bytes as f64);
+    }
+}
+
+impl ByteBudget {
+    pub fn new(max_bytes: u64) -> Self {
+        let capacity = u32::try_from(max_bytes.div_ceil(UNIT)).unwrap_or(u32::MAX).max(1);
+        Self {
+            permits: Arc::new(Semaphore::new(capacity as usize)),
+            capacity,
+        }
+    }
+
+    /// Waits until `bytes` fit beside what other jobs hold. A file larger than the
+    /// whole budget takes all of it (config ensures MAX_PAYLOAD_BYTES fits).
+    pub async fn reserve(&self, bytes: u64) -> Reservation {
+        let units = u32::try_from(bytes.div_ceil(UNIT)).unwrap_or(u32::MAX).clamp(1, self.capacity);
+        let permit = self
+            .permits
+            .clone()
+            .acquire_many_owned(units)
+            .await
+            .expect("the budget's semaphore is never closed");
+        metrics::gauge!(names::IN_FLIGHT_BYTES).increment(bytes as f64);
+        Reservation { _permit: permit, bytes }
+    }
+
+    /// Bytes free right now (tests and metrics).
+    pub fn available(&self) -> u64 {
+        self.permits.available_permits() as u64 * UNIT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn large_files_wait_for_room() {
+        let budget = ByteBudget::new(10 * UNIT);
+        let a = budget.reserve(6 * UNIT).await;
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.reserve(6 * UNIT).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "12 KiB must not fit in a 10 KiB budget");
+        drop(a);
+        let b = tokio::time::timeout(Duration::from_secs(1), waiting).await.unwrap().unwrap();
+        assert_eq!(budget.available(), 4 * UNIT);
+        drop(b);
+        assert_eq!(budget.available(), 10 * UNIT);
+    }
+
+    #[tokio::test]
+    async fn a_file_over_the_budget_takes_all_of_it() {
+        let budget = ByteBudget::new(4 * UNIT);
+        let r = budget.reserve(100 * UNIT).await;
+        assert_eq!(budget.available(), 0);
+        drop(r);
+        let _small = budget.reserve(1).await;
+        assert_eq!(budget.available(), 3 * UNIT);
+    }
+}

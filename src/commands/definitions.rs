@@ -1,0 +1,36 @@
+//! `cxone-worker definitions`: the topology as a RabbitMQ definitions file, for
+//! operators who pre-declare it (`rabbitmqctl import_definitions FILE`).
+
+use clap::Args;
+
+use crate::broker::topology::Topology;
+use crate::config::{ConfigError, parse_duration, split_list};
+
+#[derive(Args, Debug, Clone)]
+pub struct DefinitionsArgs {
+    /// Prefix of every exchange and queue name.
+    #[arg(long, env = "CXONE_QUEUE_PREFIX", default_value = "cxone")]
+    pub queue_prefix: String,
+    /// Waits between attempts; one retry queue per distinct delay.
+    #[arg(long, env = "RETRY_DELAYS", default_value = "5s,30s,2m,10m")]
+    pub retry_delays: String,
+    /// Virtual host the definitions belong to.
+    #[arg(long, default_value = "/")]
+    pub vhost: String,
+}
+
+pub fn run(args: &DefinitionsArgs) -> Result<(), ConfigError> {
+    let delays = split_list(&args.retry_delays, ',')
+        .iter()
+        .map(|d| {
+            parse_duration(d).ok_or_else(|| ConfigError {
+                var: "RETRY_DELAYS",
+                message: format!("{d:?} is not a duration"),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let topology = Topology::new(&args.queue_prefix, &delays);
+    // A JSON value always serializes.
+    println!("{}", serde_json::to_string_pretty(&topology.definitions(&args.vhost)).expect("json"));
+    Ok(())
+}

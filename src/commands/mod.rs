@@ -1,0 +1,5 @@
+//! One file per subcommand: each parses nothing itself and calls the library.
+
+pub mod definitions;
+pub mod encode;
+pub mod run;

@@ -1,0 +1,82 @@
+//! `cxone-worker run`: wire the parts together and consume until a signal.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, Health};
+use crate::broker::consumer::Consumer;
+use crate::broker::topology::Topology;
+use crate::budget::ByteBudget;
+use crate::config::{AuditLevel, Settings};
+use crate::cxone::Client;
+use crate::source::Sources;
+use crate::storage::Storage;
+use crate::worker::{Tally, Worker, WorkerConfig};
+
+/// Runs the worker until SIGTERM or SIGINT.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    serve(settings, crate::shutdown::on_signal(), |_| {}).await
+}
+
+/// Runs the worker until `shutdown` is cancelled; `bound` is told the admin address
+/// (tests bind port 0).
+pub async fn serve(
+    settings: Settings,
+    shutdown: CancellationToken,
+    bound: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    let health = Arc::new(Health::default());
+    admin::metrics_handle();
+    let (listener, admin_addr) = admin::bind(settings.admin_addr)
+        .await
+        .with_context(|| format!("ADMIN_ADDR: cannot listen on {}", settings.admin_addr))?;
+    bound(admin_addr);
+    let admin = tokio::spawn(admin::serve(listener, health.clone(), shutdown.clone().cancelled_owned()));
+
+    let client = Client::new(&settings.api, usize::from(settings.concurrency)).context("building the HTTP client")?;
+    let storage = settings
+        .storage
+        .as_ref()
+        .map(Storage::new)
+        .transpose()
+        .context("EXTERNAL_STORAGE_ENDPOINT")?;
+    let worker = Arc::new(Worker {
+        sources: Sources::new(&settings.files),
+        client: Arc::new(client),
+        storage,
+        budget: ByteBudget::new(settings.max_inflight_bytes),
+        config: WorkerConfig::from_settings(&settings),
+        tally: Tally::default(),
+    });
+    let consumer = Arc::new(Consumer {
+        worker: worker.clone(),
+        topology: Topology::new(&settings.broker.prefix, &settings.retry_delays),
+        url: settings.broker.url.clone(),
+        prefetch: settings.concurrency,
+        publish_timeout: settings.publish_timeout,
+        grace: settings.shutdown_grace,
+        audit_all: settings.audit == AuditLevel::All,
+        health,
+    });
+    tracing::info!(
+        broker = %settings.broker.url,
+        prefix = %settings.broker.prefix,
+        api = %settings.api.base_url,
+        concurrency = settings.concurrency,
+        admin = %admin_addr,
+        "cxone-worker starting"
+    );
+    consumer.run(shutdown.clone()).await;
+    worker.tally.log();
+    shutdown.cancel();
+    match admin.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "admin server failed"),
+        Err(e) => tracing::warn!(error = %e, "admin server task failed"),
+    }
+    tracing::info!("cxone-worker stopped");
+    Ok(())
+}

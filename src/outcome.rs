@@ -1,0 +1,265 @@
+//! What a job became, and the contract's messages that say so: the result on
+//! `P.results` and the audit events on `P.audit`.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::job::{ErrorKind, Systemic};
+
+/// The stages a job passes, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    Received,
+    Encoded,
+    Executed,
+    Synced,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Received => "received",
+            Stage::Encoded => "encoded",
+            Stage::Executed => "executed",
+            Stage::Synced => "synced",
+        }
+    }
+}
+
+/// How one delivery of a job ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded,
+    /// A retryable failure below `MAX_ATTEMPTS`: wait `delay`, then try again.
+    Retry { delay: Duration, error: String },
+    /// Failed for good: dead-lettered.
+    Failed { kind: ErrorKind, error: String },
+    /// Not the job's fault: back to the queue, and the worker pauses.
+    HandBack { cause: Systemic, error: String },
+}
+
+/// Everything known about a job when its delivery ends; the messages are built from it.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The job's `job_id`, or its idempotency key when it has none.
+    pub job_id: String,
+    /// The `Idempotency-Key`; also the `request_id` of audit events and records.
+    pub key: String,
+    pub data_action_id: Option<String>,
+    pub content_type: Option<String>,
+    pub original_size: Option<u64>,
+    pub encoded_size: Option<u64>,
+    pub sha256: Option<String>,
+    pub execution_id: Option<String>,
+    pub storage_uri: Option<String>,
+    /// Execution attempts, all deliveries and retries counted.
+    pub attempts: u32,
+    /// Storage writes that failed after the execution succeeded.
+    pub sync_failures: u32,
+    pub stages: Vec<(Stage, OffsetDateTime)>,
+    pub latency: Duration,
+    pub outcome: Outcome,
+}
+
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    // Formatting a UTC time as RFC 3339 cannot fail.
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+pub fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+impl Report {
+    pub fn new(job_id: String, key: String, attempts: u32) -> Self {
+        Self {
+            job_id,
+            key,
+            data_action_id: None,
+            content_type: None,
+            original_size: None,
+            encoded_size: None,
+            sha256: None,
+            execution_id: None,
+            storage_uri: None,
+            attempts,
+            sync_failures: 0,
+            stages: Vec::with_capacity(4),
+            latency: Duration::ZERO,
+            outcome: Outcome::Succeeded,
+        }
+    }
+
+    pub fn reach(&mut self, stage: Stage) {
+        self.stages.push((stage, now()));
+    }
+
+    fn latency_ms(&self) -> u64 {
+        self.latency.as_millis() as u64
+    }
+
+    /// The result message, or `None` for an outcome that is not the job's end.
+    pub fn result(&self) -> Option<(&'static str, Value)> {
+        use crate::broker::topology::routing;
+        match &self.outcome {
+            Outcome::Succeeded => Some((
+                routing::SUCCEEDED,
+                json!({
+                    "job_id": self.job_id,
+                    "status": "succeeded",
+                    "data_action_id": self.data_action_id,
+                    "execution_id": self.execution_id,
+                    "content_type": self.content_type,
+                    "original_size": self.original_size,
+                    "encoded_size": self.encoded_size,
+                    "sha256": self.sha256,
+                    "attempts": self.attempts,
+                    "latency_ms": self.latency_ms(),
+                    "storage_uri": self.storage_uri,
+                    "completed_at": rfc3339(now()),
+                }),
+            )),
+            Outcome::Failed { kind, error } => Some((
+                routing::FAILED,
+                json!({
+                    "job_id": self.job_id,
+                    "status": "failed",
+                    "error_kind": kind,
+                    "error": error,
+                    "attempts": self.attempts,
+                    "failed_at": rfc3339(now()),
+                }),
+            )),
+            Outcome::Retry { .. } | Outcome::HandBack { .. } => None,
+        }
+    }
+
+    /// The terminal audit event of this delivery, if it has one.
+    pub fn terminal_event(&self) -> Option<AuditEvent<'_>> {
+        let event = match self.outcome {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Retry { .. } => "retry_scheduled",
+            Outcome::Failed { .. } => "failed",
+            Outcome::HandBack { .. } => return None,
+        };
+        Some(self.event(event))
+    }
+
+    /// An audit event named `event` with what the report knows now.
+    pub fn event(&self, event: &'static str) -> AuditEvent<'_> {
+        let (error_kind, error) = match &self.outcome {
+            Outcome::Failed { kind, error } => (Some(kind.as_str()), Some(error.as_str())),
+            Outcome::Retry { error, .. } => (None, Some(error.as_str())),
+            _ => (None, None),
+        };
+        AuditEvent {
+            event,
+            timestamp: rfc3339(now()),
+            job_id: &self.job_id,
+            request_id: &self.key,
+            data_action_id: self.data_action_id.as_deref(),
+            content_type: self.content_type.as_deref(),
+            original_size: self.original_size,
+            encoded_size: self.encoded_size,
+            status: event,
+            execution_id: self.execution_id.as_deref(),
+            attempt: self.attempts,
+            latency_ms: self.latency_ms(),
+            error_kind,
+            error,
+            stages: self
+                .stages
+                .iter()
+                .map(|(s, t)| (s.as_str(), rfc3339(*t)))
+                .collect(),
+        }
+    }
+}
+
+/// An audit event as the contract shapes it. It never holds payload bytes, tokens
+/// or secrets: only sizes, types, ids and times.
+#[derive(Debug, Serialize)]
+pub struct AuditEvent<'a> {
+    pub event: &'static str,
+    pub timestamp: String,
+    pub job_id: &'a str,
+    pub request_id: &'a str,
+    pub data_action_id: Option<&'a str>,
+    pub content_type: Option<&'a str>,
+    pub original_size: Option<u64>,
+    pub encoded_size: Option<u64>,
+    pub status: &'static str,
+    pub execution_id: Option<&'a str>,
+    pub attempt: u32,
+    pub latency_ms: u64,
+    pub error_kind: Option<&'static str>,
+    pub error: Option<&'a str>,
+    pub stages: std::collections::BTreeMap<&'static str, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(outcome: Outcome) -> Report {
+        let mut r = Report::new("job-1".into(), "job-1".into(), 2);
+        r.data_action_id = Some("act".into());
+        r.reach(Stage::Received);
+        r.reach(Stage::Encoded);
+        r.outcome = outcome;
+        r
+    }
+
+    #[test]
+    fn succeeded_result_has_every_field() {
+        let (key, v) = report(Outcome::Succeeded).result().unwrap();
+        assert_eq!(key, "job.succeeded");
+        for field in [
+            "job_id", "status", "data_action_id", "execution_id", "content_type", "original_size",
+            "encoded_size", "sha256", "attempts", "latency_ms", "storage_uri", "completed_at",
+        ] {
+            assert!(v.get(field).is_some(), "{field} missing from {v}");
+        }
+        assert_eq!(v["attempts"], 2);
+    }
+
+    #[test]
+    fn failed_result_has_every_field() {
+        let r = report(Outcome::Failed { kind: ErrorKind::TooLarge, error: "big".into() });
+        let (key, v) = r.result().unwrap();
+        assert_eq!(key, "job.failed");
+        assert_eq!(v["error_kind"], "too_large");
+        for field in ["job_id", "status", "error_kind", "error", "attempts", "failed_at"] {
+            assert!(v.get(field).is_some(), "{field} missing from {v}");
+        }
+        OffsetDateTime::parse(v["failed_at"].as_str().unwrap(), &Rfc3339).unwrap();
+    }
+
+    #[test]
+    fn retries_and_hand_backs_have_no_result() {
+        assert!(report(Outcome::Retry { delay: Duration::from_secs(1), error: "503".into() }).result().is_none());
+        let hb = report(Outcome::HandBack { cause: Systemic::CredentialsRefused, error: "x".into() });
+        assert!(hb.result().is_none() && hb.terminal_event().is_none());
+    }
+
+    #[test]
+    fn terminal_event_holds_the_timeline() {
+        let r = report(Outcome::Retry { delay: Duration::from_secs(1), error: "503".into() });
+        let e = serde_json::to_value(r.terminal_event().unwrap()).unwrap();
+        assert_eq!(e["event"], "retry_scheduled");
+        assert_eq!(e["error"], "503");
+        assert_eq!(e["attempt"], 2);
+        let stages = e["stages"].as_object().unwrap();
+        assert_eq!(stages.keys().collect::<Vec<_>>(), ["encoded", "received"]);
+        for field in [
+            "event", "timestamp", "job_id", "request_id", "data_action_id", "content_type", "original_size",
+            "encoded_size", "status", "execution_id", "attempt", "latency_ms", "error_kind", "error", "stages",
+        ] {
+            assert!(e.get(field).is_some(), "{field} missing from {e}");
+        }
+    }
+}
