@@ -16,8 +16,9 @@ use super::state::{Counter, KeyRecord, Sim};
 /// random 5xx, 400s, then record or repeat.
 pub(crate) async fn execute(State(sim): State<Arc<Sim>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    let raw_id = data_action_segment(parts.uri.path()).to_owned();
     // The router also matches an empty `{id}`; the reference's `[^/]+` does not.
-    if data_action_segment(parts.uri.path()).is_empty() {
+    if raw_id.is_empty() {
         return not_found(body).await;
     }
     let Ok(body) = read_body(body, sim.cfg.max_body).await else {
@@ -41,7 +42,7 @@ pub(crate) async fn execute(State(sim): State<Arc<Sim>>, req: Request) -> Respon
         return answer;
     }
     let call = Call {
-        raw_id: data_action_segment(parts.uri.path()).to_owned(),
+        raw_id,
         key: idempotency_key(&parts.headers),
         body: body.bytes,
     };
