@@ -22,6 +22,8 @@ enum Command {
     Run(Box<RunArgs>),
     /// Validate and encode one file; print the request body `run` would send.
     Encode(encode::EncodeArgs),
+    /// Run the local CXone API simulator (endpoints, faults and /__stats of the real API's stand-in).
+    Sim(cxone_worker::sim::SimConfig),
     /// Print the topology as a RabbitMQ definitions file.
     Definitions(definitions::DefinitionsArgs),
 }
@@ -47,6 +49,10 @@ fn main() -> anyhow::Result<()> {
                 refuse(e);
             }
             runtime.block_on(encode::run(&args))
+        }
+        Command::Sim(cfg) => {
+            let _telemetry = runtime.block_on(async { telemetry::init(format, "cxone-worker-sim") });
+            runtime.block_on(cxone_worker::sim::run(cfg))
         }
         Command::Definitions(args) => definitions::run(&args).map_err(|e| refuse(e)),
     }

@@ -1,0 +1,305 @@
+//! The simulator's shared state: counters, the rate window, issued tokens and per-key records.
+//!
+//! Many requests touch this at once, so counters are atomics and each map sits behind its own
+//! lock that is held only for a lookup or an insert, never across an `.await`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::http::HeaderValue;
+use base64::Engine as _;
+use serde::Serialize;
+use serde::ser::SerializeMap;
+
+use super::SimConfig;
+
+/// The plain counters of `/__stats`, in the order the reference prints them.
+#[derive(Clone, Copy)]
+pub(crate) enum Counter {
+    TokenRequests,
+    TokenRejected,
+    ExecuteRequests,
+    Accepted,
+    Unauthorized,
+    RateLimited,
+    ServerErrors,
+    BadRequests,
+    TooLarge,
+    DuplicateKeys,
+    MissingKey,
+}
+
+const COUNTER_NAMES: [&str; 11] = [
+    "token_requests",
+    "token_rejected",
+    "execute_requests",
+    "accepted",
+    "unauthorized",
+    "rate_limited",
+    "server_errors",
+    "bad_requests",
+    "too_large",
+    "duplicate_keys",
+    "missing_key",
+];
+
+/// What the reference remembers of the first accepted execute of an idempotency key.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct KeyRecord {
+    pub(crate) count: u64,
+    pub(crate) execution_id: String,
+    pub(crate) data_action_id: String,
+    pub(crate) content_type: String,
+    pub(crate) size: u64,
+    pub(crate) sha256: Option<String>,
+    pub(crate) metadata: serde_json::Value,
+}
+
+#[derive(Default)]
+struct KeyBook {
+    /// Every execute that got past the rate limit, by `Idempotency-Key` ("" when absent).
+    attempts: HashMap<String, u64>,
+    records: HashMap<String, KeyRecord>,
+}
+
+/// A fixed window: `count` executes admitted since `start_ms` (wall clock, as the reference).
+struct Window {
+    start_ms: u64,
+    count: u64,
+    max_count: u64,
+}
+
+impl Window {
+    fn new() -> Self {
+        Self {
+            start_ms: now_ms(),
+            count: 0,
+            max_count: 0,
+        }
+    }
+}
+
+/// Everything the handlers share; built once per server from its `SimConfig`.
+pub(crate) struct Sim {
+    pub(crate) cfg: SimConfig,
+    /// `Basic base64(id:secret)`, the only `Authorization` the token endpoint accepts.
+    pub(crate) expected_basic: String,
+    pub(crate) retry_after: HeaderValue,
+    counters: [AtomicU64; COUNTER_NAMES.len()],
+    /// Signed because `/__reset` zeroes it while requests are still running, which then
+    /// drive it below zero, exactly as the reference does.
+    in_flight: AtomicI64,
+    max_in_flight: AtomicI64,
+    window: Mutex<Window>,
+    /// Token -> expiry. Read on every execute, written only by the token endpoint.
+    tokens: RwLock<HashMap<String, Instant>>,
+    book: Mutex<KeyBook>,
+}
+
+/// Holds one unit of `in_flight` for as long as an execute is being handled, including when the
+/// connection goes away mid-way and the handler future is dropped. It owns an `Arc` so that it
+/// can move into the task that outlives a cancelled request.
+pub(crate) struct InFlight(Arc<Sim>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Sim {
+    /// Fails only on a `retry_after` that could never be sent as a header: better at start-up
+    /// than at the first 429.
+    pub(crate) fn new(cfg: SimConfig) -> std::io::Result<Self> {
+        let retry_after = HeaderValue::from_str(&cfg.retry_after).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "retry_after {:?} is not a valid header value",
+                    cfg.retry_after
+                ),
+            )
+        })?;
+        let credentials = format!("{}:{}", cfg.client_id, cfg.client_secret);
+        let expected_basic = format!(
+            "Basic {}",
+            base64::prelude::BASE64_STANDARD.encode(credentials)
+        );
+        Ok(Self {
+            cfg,
+            expected_basic,
+            retry_after,
+            counters: Default::default(),
+            in_flight: AtomicI64::new(0),
+            max_in_flight: AtomicI64::new(0),
+            window: Mutex::new(Window::new()),
+            tokens: RwLock::default(),
+            book: Mutex::default(),
+        })
+    }
+
+    pub(crate) fn bump(&self, counter: Counter) {
+        self.counters[counter as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts an execute as started; `in_flight` drops again with the guard.
+    pub(crate) fn enter(self: &Arc<Self>) -> InFlight {
+        self.bump(Counter::ExecuteRequests);
+        let now = self.in_flight.fetch_add(1, Relaxed) + 1;
+        self.max_in_flight.fetch_max(now, Relaxed);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Issues a fresh random token valid for `token_ttl` seconds.
+    pub(crate) fn issue_token(&self) -> String {
+        let token = hex::encode(rand::random::<[u8; 24]>());
+        let expiry = Instant::now() + Duration::from_secs(self.cfg.token_ttl);
+        write(&self.tokens).insert(token.clone(), expiry);
+        token
+    }
+
+    pub(crate) fn token_valid(&self, token: &str) -> bool {
+        let tokens = self.tokens.read().unwrap_or_else(PoisonError::into_inner);
+        tokens
+            .get(token)
+            .is_some_and(|expiry| *expiry >= Instant::now())
+    }
+
+    /// Opens a new window when the current one is over, then admits the call unless the
+    /// limit is reached. The window is counted even with no limit, for `max_window_count`.
+    pub(crate) fn admit(&self) -> bool {
+        let now = now_ms();
+        let mut w = lock(&self.window);
+        if now.saturating_sub(w.start_ms) >= self.cfg.rate_window_ms {
+            w.start_ms = now;
+            w.count = 0;
+        }
+        if self.cfg.rate_limit > 0 && w.count >= u64::from(self.cfg.rate_limit) {
+            return false;
+        }
+        w.count += 1;
+        w.max_count = w.max_count.max(w.count);
+        true
+    }
+
+    /// Counts one attempt of `key` and says which attempt it is (1 for the first).
+    pub(crate) fn attempt(&self, key: &str) -> u64 {
+        let mut book = lock(&self.book);
+        if let Some(n) = book.attempts.get_mut(key) {
+            *n += 1;
+            return *n;
+        }
+        book.attempts.insert(key.to_owned(), 1);
+        1
+    }
+
+    /// For a key already recorded: counts the repeat and returns its first execution id.
+    pub(crate) fn repeat(&self, key: &str) -> Option<String> {
+        let mut book = lock(&self.book);
+        let record = book.records.get_mut(key)?;
+        record.count += 1;
+        self.bump(Counter::DuplicateKeys);
+        Some(record.execution_id.clone())
+    }
+
+    /// Records the first execute of `key`, or, when a concurrent request with the same key
+    /// won the race since `repeat` looked, counts this one as its repeat instead.
+    /// Returns the execution id to answer with and whether it is a repeat.
+    pub(crate) fn record(&self, key: String, record: KeyRecord) -> (String, bool) {
+        let mut book = lock(&self.book);
+        match book.records.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut first) => {
+                first.get_mut().count += 1;
+                self.bump(Counter::DuplicateKeys);
+                (first.get().execution_id.clone(), true)
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let id = record.execution_id.clone();
+                slot.insert(record);
+                self.bump(Counter::Accepted);
+                (id, false)
+            }
+        }
+    }
+
+    /// `POST /__reset`: counters, window, records and tokens back to a fresh start.
+    pub(crate) fn reset(&self) {
+        for c in &self.counters {
+            c.store(0, Relaxed);
+        }
+        self.in_flight.store(0, Relaxed);
+        self.max_in_flight.store(0, Relaxed);
+        *lock(&self.window) = Window::new();
+        // Drop the old maps after releasing the locks: freeing a large map takes a while.
+        let old_book = std::mem::take(&mut *lock(&self.book));
+        let old_tokens = std::mem::take(&mut *write(&self.tokens));
+        drop((old_book, old_tokens));
+    }
+
+    /// The JSON of `GET /__stats`; with `with_keys`, also the per-key records and attempts.
+    pub(crate) fn stats_json(&self, with_keys: bool) -> Vec<u8> {
+        let (window_start, window_count, max_window_count) = {
+            let w = lock(&self.window);
+            (w.start_ms, w.count, w.max_count)
+        };
+        // Serialised under the lock so that the records, attempts and `unique_keys` agree.
+        let book = lock(&self.book);
+        let stats = Stats {
+            sim: self,
+            window_start,
+            window_count,
+            max_window_count,
+            book: &book,
+            with_keys,
+        };
+        serde_json::to_vec(&stats).unwrap_or_else(|_| b"{}".to_vec())
+    }
+}
+
+struct Stats<'a> {
+    sim: &'a Sim,
+    window_start: u64,
+    window_count: u64,
+    max_window_count: u64,
+    book: &'a KeyBook,
+    with_keys: bool,
+}
+
+impl Serialize for Stats<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        for (name, value) in COUNTER_NAMES.iter().zip(&self.sim.counters) {
+            map.serialize_entry(name, &value.load(Relaxed))?;
+        }
+        map.serialize_entry("in_flight", &self.sim.in_flight.load(Relaxed))?;
+        map.serialize_entry("max_in_flight", &self.sim.max_in_flight.load(Relaxed))?;
+        map.serialize_entry("window_start", &self.window_start)?;
+        map.serialize_entry("window_count", &self.window_count)?;
+        map.serialize_entry("max_window_count", &self.max_window_count)?;
+        map.serialize_entry("unique_keys", &self.book.records.len())?;
+        if self.with_keys {
+            map.serialize_entry("keys", &self.book.records)?;
+            map.serialize_entry("attempts", &self.book.attempts)?;
+        }
+        map.end()
+    }
+}
+
+fn now_ms() -> u64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A panic elsewhere must not turn every later request into a panic too: the maps stay usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
