@@ -78,7 +78,9 @@ pub fn metrics_handle() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     metrics_exporter_prometheus::Matcher::Full(names::EXECUTE_LATENCY.to_owned()),
-                    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+                    &[
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    ],
                 )
                 .expect("bucket list is not empty")
                 .build_recorder();
@@ -112,7 +114,9 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .with_state(state);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Binds `addr` (port 0 picks one) and says where it listens.
@@ -129,7 +133,9 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {
     }
 }
 
-async fn render_metrics(State(state): State<AdminState>) -> ([(&'static str, &'static str); 1], String) {
+async fn render_metrics(
+    State(state): State<AdminState>,
+) -> ([(&'static str, &'static str); 1], String) {
     (
         [("content-type", "text/plain; version=0.0.4")],
         state.metrics.render(),

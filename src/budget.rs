@@ -31,7 +31,9 @@ impl Drop for Reservation {
 
 impl ByteBudget {
     pub fn new(max_bytes: u64) -> Self {
-        let capacity = u32::try_from(max_bytes.div_ceil(UNIT)).unwrap_or(u32::MAX).max(1);
+        let capacity = u32::try_from(max_bytes.div_ceil(UNIT))
+            .unwrap_or(u32::MAX)
+            .max(1);
         Self {
             permits: Arc::new(Semaphore::new(capacity as usize)),
             capacity,
@@ -41,7 +43,9 @@ impl ByteBudget {
     /// Waits until `bytes` fit beside what other jobs hold. A file larger than the
     /// whole budget takes all of it (config ensures MAX_PAYLOAD_BYTES fits).
     pub async fn reserve(&self, bytes: u64) -> Reservation {
-        let units = u32::try_from(bytes.div_ceil(UNIT)).unwrap_or(u32::MAX).clamp(1, self.capacity);
+        let units = u32::try_from(bytes.div_ceil(UNIT))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.capacity);
         let permit = self
             .permits
             .clone()
@@ -49,7 +53,10 @@ impl ByteBudget {
             .await
             .expect("the budget's semaphore is never closed");
         metrics::gauge!(names::IN_FLIGHT_BYTES).increment(bytes as f64);
-        Reservation { _permit: permit, bytes }
+        Reservation {
+            _permit: permit,
+            bytes,
+        }
     }
 
     /// Bytes free right now (tests and metrics).
@@ -72,9 +79,15 @@ mod tests {
             async move { budget.reserve(6 * UNIT).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiting.is_finished(), "12 KiB must not fit in a 10 KiB budget");
+        assert!(
+            !waiting.is_finished(),
+            "12 KiB must not fit in a 10 KiB budget"
+        );
         drop(a);
-        let b = tokio::time::timeout(Duration::from_secs(1), waiting).await.unwrap().unwrap();
+        let b = tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(budget.available(), 4 * UNIT);
         drop(b);
         assert_eq!(budget.available(), 10 * UNIT);

@@ -68,7 +68,11 @@ pub fn sniff(bytes: &[u8]) -> &'static str {
 
 /// `Image/PNG; charset=x` -> `image/png`.
 fn normalize(t: &str) -> String {
-    t.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+    t.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 /// The contract's order: a declared type outside the list is `unsupported_type`; a
@@ -77,7 +81,11 @@ fn normalize(t: &str) -> String {
 ///
 /// Declaring `application/octet-stream` claims "no particular type": bytes of a
 /// known type contradict it, so that it cannot smuggle in a type the list refuses.
-pub fn resolve_type(bytes: &[u8], declared: Option<&str>, allowed: &[String]) -> Result<String, Failure> {
+pub fn resolve_type(
+    bytes: &[u8],
+    declared: Option<&str>,
+    allowed: &[String],
+) -> Result<String, Failure> {
     let sniffed = sniff(bytes);
     let is_allowed = |t: &str| allowed.iter().any(|a| a == t);
     match declared.map(normalize) {
@@ -106,7 +114,11 @@ pub fn resolve_type(bytes: &[u8], declared: Option<&str>, allowed: &[String]) ->
 
 /// Builds `{"inputs":{"binaryPayload":{"value":"<base64>","contentType":"<type>"},"metadata":{…}}}`
 /// in one allocation of its exact final size, and says where the base64 sits.
-pub fn build_body(bytes: &[u8], content_type: &str, metadata: Option<&Map<String, Value>>) -> (Vec<u8>, Range<usize>) {
+pub fn build_body(
+    bytes: &[u8],
+    content_type: &str,
+    metadata: Option<&Map<String, Value>>,
+) -> (Vec<u8>, Range<usize>) {
     let mut suffix = Vec::with_capacity(64);
     suffix.extend_from_slice(br#"","contentType":"#);
     // Serializing a str or a map into a Vec cannot fail.
@@ -118,7 +130,8 @@ pub fn build_body(bytes: &[u8], content_type: &str, metadata: Option<&Map<String
     }
     suffix.extend_from_slice(b"}}");
 
-    let encoded_len = base64::encoded_len(bytes.len(), true).expect("payload size is capped far below usize::MAX");
+    let encoded_len = base64::encoded_len(bytes.len(), true)
+        .expect("payload size is capped far below usize::MAX");
     let start = BODY_PREFIX.len();
     let mut body = Vec::with_capacity(start + encoded_len + suffix.len());
     body.extend_from_slice(BODY_PREFIX);
@@ -141,11 +154,15 @@ mod tests {
     use proptest::prelude::*;
 
     fn allowed() -> Vec<String> {
-        crate::config::DEFAULT_MIME_TYPES.split(',').map(str::to_owned).collect()
+        crate::config::DEFAULT_MIME_TYPES
+            .split(',')
+            .map(str::to_owned)
+            .collect()
     }
 
     const PDF: &[u8] = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\nrest";
-    const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00";
+    const PNG: &[u8] =
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00";
     const JPEG: &[u8] = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00";
     const GIF: &[u8] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00";
     const EXE: &[u8] = b"MZ\x90\x00\x03\x00\x00\x00";
@@ -171,15 +188,39 @@ mod tests {
     #[test]
     fn declared_types() {
         let a = allowed();
-        assert_eq!(resolve_type(PDF, Some("application/pdf"), &a).unwrap(), "application/pdf");
-        assert_eq!(resolve_type(PNG, Some("Image/PNG; q=1"), &a).unwrap(), "image/png");
-        assert_eq!(resolve_type(b"text", Some(OCTET_STREAM), &a).unwrap(), OCTET_STREAM);
-        assert_eq!(kind(resolve_type(b"text", Some("text/plain"), &a)), ErrorKind::UnsupportedType);
+        assert_eq!(
+            resolve_type(PDF, Some("application/pdf"), &a).unwrap(),
+            "application/pdf"
+        );
+        assert_eq!(
+            resolve_type(PNG, Some("Image/PNG; q=1"), &a).unwrap(),
+            "image/png"
+        );
+        assert_eq!(
+            resolve_type(b"text", Some(OCTET_STREAM), &a).unwrap(),
+            OCTET_STREAM
+        );
+        assert_eq!(
+            kind(resolve_type(b"text", Some("text/plain"), &a)),
+            ErrorKind::UnsupportedType
+        );
         // Outside the list wins over a mismatch: the order of checks is the contract's.
-        assert_eq!(kind(resolve_type(PDF, Some("image/gif"), &a)), ErrorKind::UnsupportedType);
-        assert_eq!(kind(resolve_type(EXE, Some("application/pdf"), &a)), ErrorKind::TypeMismatch);
-        assert_eq!(kind(resolve_type(PNG, Some("application/pdf"), &a)), ErrorKind::TypeMismatch);
-        assert_eq!(kind(resolve_type(GIF, Some(OCTET_STREAM), &a)), ErrorKind::TypeMismatch);
+        assert_eq!(
+            kind(resolve_type(PDF, Some("image/gif"), &a)),
+            ErrorKind::UnsupportedType
+        );
+        assert_eq!(
+            kind(resolve_type(EXE, Some("application/pdf"), &a)),
+            ErrorKind::TypeMismatch
+        );
+        assert_eq!(
+            kind(resolve_type(PNG, Some("application/pdf"), &a)),
+            ErrorKind::TypeMismatch
+        );
+        assert_eq!(
+            kind(resolve_type(GIF, Some(OCTET_STREAM), &a)),
+            ErrorKind::TypeMismatch
+        );
     }
 
     #[test]
@@ -187,10 +228,19 @@ mod tests {
         let a = allowed();
         assert_eq!(resolve_type(JPEG, None, &a).unwrap(), "image/jpeg");
         assert_eq!(resolve_type(b"plain", None, &a).unwrap(), OCTET_STREAM);
-        assert_eq!(kind(resolve_type(GIF, None, &a)), ErrorKind::UnsupportedType);
-        assert_eq!(kind(resolve_type(EXE, None, &a)), ErrorKind::UnsupportedType);
+        assert_eq!(
+            kind(resolve_type(GIF, None, &a)),
+            ErrorKind::UnsupportedType
+        );
+        assert_eq!(
+            kind(resolve_type(EXE, None, &a)),
+            ErrorKind::UnsupportedType
+        );
         let pdf_only = vec!["application/pdf".to_owned()];
-        assert_eq!(kind(resolve_type(b"plain", None, &pdf_only)), ErrorKind::UnsupportedType);
+        assert_eq!(
+            kind(resolve_type(b"plain", None, &pdf_only)),
+            ErrorKind::UnsupportedType
+        );
     }
 
     #[test]
@@ -233,7 +283,7 @@ mod tests {
             let v: Value = serde_json::from_slice(&body).unwrap();
             let text = v["inputs"]["binaryPayload"]["value"].as_str().unwrap();
             prop_assert_eq!(text.as_bytes(), &body[range]);
-            prop_assert!(!text.contains('\n') && text.len() % 4 == 0);
+            prop_assert!(!text.contains('\n') && text.len().is_multiple_of(4));
             prop_assert_eq!(STANDARD.decode(text).unwrap(), bytes);
         }
     }

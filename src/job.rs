@@ -26,8 +26,9 @@ pub struct Job {
 impl Job {
     /// Parses and checks a job body; every refusal is an `invalid_job` failure.
     pub fn parse(body: &[u8]) -> Result<Job, Failure> {
-        let job: Job = serde_json::from_slice(body)
-            .map_err(|e| Failure::permanent(ErrorKind::InvalidJob, format!("job is not valid: {e}")))?;
+        let job: Job = serde_json::from_slice(body).map_err(|e| {
+            Failure::permanent(ErrorKind::InvalidJob, format!("job is not valid: {e}"))
+        })?;
         job.validate()?;
         Ok(job)
     }
@@ -35,12 +36,14 @@ impl Job {
     /// The checks serde cannot express; shared by the worker and `enqueue`.
     pub fn validate(&self) -> Result<(), Failure> {
         let invalid = |m: String| Err(Failure::permanent(ErrorKind::InvalidJob, m));
-        if let Some(id) = &self.job_id {
-            if id.trim().is_empty() || id.len() > MAX_JOB_ID_LEN || id.chars().any(char::is_control) {
-                return invalid(format!(
-                    "job_id must be 1 to {MAX_JOB_ID_LEN} bytes of printable text"
-                ));
-            }
+        if let Some(id) = &self.job_id
+            && (id.trim().is_empty()
+                || id.len() > MAX_JOB_ID_LEN
+                || id.chars().any(char::is_control))
+        {
+            return invalid(format!(
+                "job_id must be 1 to {MAX_JOB_ID_LEN} bytes of printable text"
+            ));
         }
         if self.file.trim().is_empty() {
             return invalid("file is empty".into());
@@ -54,10 +57,18 @@ impl Job {
                 crate::config::redact_url(&self.file)
             ));
         }
-        if self.content_type.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        if self
+            .content_type
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
             return invalid("content_type is empty".into());
         }
-        if self.data_action_id.as_deref().is_some_and(|a| a.trim().is_empty()) {
+        if self
+            .data_action_id
+            .as_deref()
+            .is_some_and(|a| a.trim().is_empty())
+        {
             return invalid("data_action_id is empty".into());
         }
         Ok(())
@@ -251,9 +262,17 @@ mod tests {
             br#"{"file": "file:///x", "content_type": " "}"#,
             br#"{"file": "file:///x", "data_action_id": ""}"#,
         ] {
-            assert_eq!(kind(Job::parse(body)), ErrorKind::InvalidJob, "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                kind(Job::parse(body)),
+                ErrorKind::InvalidJob,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
-        let long = format!(r#"{{"file": "file:///x", "job_id": "{}"}}"#, "a".repeat(256));
+        let long = format!(
+            r#"{{"file": "file:///x", "job_id": "{}"}}"#,
+            "a".repeat(256)
+        );
         assert_eq!(kind(Job::parse(long.as_bytes())), ErrorKind::InvalidJob);
     }
 
@@ -268,12 +287,18 @@ mod tests {
         let body = br#"{"file":"file:///a"}"#;
         assert_eq!(idempotency_key(Some("j"), Some("m"), body), "j");
         assert_eq!(idempotency_key(None, Some("m"), body), "m");
-        assert_eq!(idempotency_key(Some(""), Some(""), body), format!("sha256:{}", hex::encode(Sha256::digest(body))));
+        assert_eq!(
+            idempotency_key(Some(""), Some(""), body),
+            format!("sha256:{}", hex::encode(Sha256::digest(body)))
+        );
     }
 
     #[test]
     fn loose_job_id_reads_broken_jobs() {
-        assert_eq!(loose_job_id(br#"{"job_id":"x","fle":1}"#).as_deref(), Some("x"));
+        assert_eq!(
+            loose_job_id(br#"{"job_id":"x","fle":1}"#).as_deref(),
+            Some("x")
+        );
         assert_eq!(loose_job_id(b"{not json"), None);
     }
 

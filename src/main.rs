@@ -7,7 +7,11 @@ use cxone_worker::config::{ConfigError, RunArgs};
 use cxone_worker::{config, telemetry};
 
 #[derive(Parser)]
-#[command(name = "cxone-worker", version, about = "Encode files from RabbitMQ jobs and execute NICE CXone Data Actions with them")]
+#[command(
+    name = "cxone-worker",
+    version,
+    about = "Encode files from RabbitMQ jobs and execute NICE CXone Data Actions with them"
+)]
 struct Cli {
     /// Log format: json (one object per line) or text; level from RUST_LOG.
     #[arg(long, env = "LOG_FORMAT", default_value = "json", global = true)]
@@ -51,7 +55,8 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(encode::run(&args))
         }
         Command::Sim(cfg) => {
-            let _telemetry = runtime.block_on(async { telemetry::init(format, "cxone-worker-sim") });
+            let _telemetry =
+                runtime.block_on(async { telemetry::init(format, "cxone-worker-sim") });
             runtime.block_on(cxone_worker::sim::run(cfg))
         }
         Command::Definitions(args) => definitions::run(&args).map_err(|e| refuse(e)),

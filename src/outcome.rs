@@ -35,11 +35,20 @@ impl Stage {
 pub enum Outcome {
     Succeeded,
     /// A retryable failure below `MAX_ATTEMPTS`: wait `delay`, then try again.
-    Retry { delay: Duration, error: String },
+    Retry {
+        delay: Duration,
+        error: String,
+    },
     /// Failed for good: dead-lettered.
-    Failed { kind: ErrorKind, error: String },
+    Failed {
+        kind: ErrorKind,
+        error: String,
+    },
     /// Not the job's fault: back to the queue, and the worker pauses.
-    HandBack { cause: Systemic, error: String },
+    HandBack {
+        cause: Systemic,
+        error: String,
+    },
 }
 
 /// Everything known about a job when its delivery ends; the messages are built from it.
@@ -219,8 +228,18 @@ mod tests {
         let (key, v) = report(Outcome::Succeeded).result().unwrap();
         assert_eq!(key, "job.succeeded");
         for field in [
-            "job_id", "status", "data_action_id", "execution_id", "content_type", "original_size",
-            "encoded_size", "sha256", "attempts", "latency_ms", "storage_uri", "completed_at",
+            "job_id",
+            "status",
+            "data_action_id",
+            "execution_id",
+            "content_type",
+            "original_size",
+            "encoded_size",
+            "sha256",
+            "attempts",
+            "latency_ms",
+            "storage_uri",
+            "completed_at",
         ] {
             assert!(v.get(field).is_some(), "{field} missing from {v}");
         }
@@ -229,11 +248,21 @@ mod tests {
 
     #[test]
     fn failed_result_has_every_field() {
-        let r = report(Outcome::Failed { kind: ErrorKind::TooLarge, error: "big".into() });
+        let r = report(Outcome::Failed {
+            kind: ErrorKind::TooLarge,
+            error: "big".into(),
+        });
         let (key, v) = r.result().unwrap();
         assert_eq!(key, "job.failed");
         assert_eq!(v["error_kind"], "too_large");
-        for field in ["job_id", "status", "error_kind", "error", "attempts", "failed_at"] {
+        for field in [
+            "job_id",
+            "status",
+            "error_kind",
+            "error",
+            "attempts",
+            "failed_at",
+        ] {
             assert!(v.get(field).is_some(), "{field} missing from {v}");
         }
         OffsetDateTime::parse(v["failed_at"].as_str().unwrap(), &Rfc3339).unwrap();
@@ -241,14 +270,27 @@ mod tests {
 
     #[test]
     fn retries_and_hand_backs_have_no_result() {
-        assert!(report(Outcome::Retry { delay: Duration::from_secs(1), error: "503".into() }).result().is_none());
-        let hb = report(Outcome::HandBack { cause: Systemic::CredentialsRefused, error: "x".into() });
+        assert!(
+            report(Outcome::Retry {
+                delay: Duration::from_secs(1),
+                error: "503".into()
+            })
+            .result()
+            .is_none()
+        );
+        let hb = report(Outcome::HandBack {
+            cause: Systemic::CredentialsRefused,
+            error: "x".into(),
+        });
         assert!(hb.result().is_none() && hb.terminal_event().is_none());
     }
 
     #[test]
     fn terminal_event_holds_the_timeline() {
-        let r = report(Outcome::Retry { delay: Duration::from_secs(1), error: "503".into() });
+        let r = report(Outcome::Retry {
+            delay: Duration::from_secs(1),
+            error: "503".into(),
+        });
         let e = serde_json::to_value(r.terminal_event().unwrap()).unwrap();
         assert_eq!(e["event"], "retry_scheduled");
         assert_eq!(e["error"], "503");
@@ -256,8 +298,21 @@ mod tests {
         let stages = e["stages"].as_object().unwrap();
         assert_eq!(stages.keys().collect::<Vec<_>>(), ["encoded", "received"]);
         for field in [
-            "event", "timestamp", "job_id", "request_id", "data_action_id", "content_type", "original_size",
-            "encoded_size", "status", "execution_id", "attempt", "latency_ms", "error_kind", "error", "stages",
+            "event",
+            "timestamp",
+            "job_id",
+            "request_id",
+            "data_action_id",
+            "content_type",
+            "original_size",
+            "encoded_size",
+            "status",
+            "execution_id",
+            "attempt",
+            "latency_ms",
+            "error_kind",
+            "error",
+            "stages",
         ] {
             assert!(e.get(field).is_some(), "{field} missing from {e}");
         }

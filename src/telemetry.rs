@@ -52,10 +52,10 @@ pub struct Telemetry {
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
-        if let Some(provider) = self.tracer.take() {
-            if let Err(e) = provider.shutdown_with_timeout(Duration::from_secs(5)) {
-                eprintln!("cxone-worker: flushing traces failed: {e}");
-            }
+        if let Some(provider) = self.tracer.take()
+            && let Err(e) = provider.shutdown_with_timeout(Duration::from_secs(5))
+        {
+            eprintln!("cxone-worker: flushing traces failed: {e}");
         }
     }
 }
@@ -71,7 +71,9 @@ pub fn init(format: LogFormat, service: &'static str) -> Telemetry {
             .with_span_list(false)
             .with_writer(std::io::stderr)
             .boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
     let tracer = otlp_provider(service);
     let otel = tracer
@@ -87,15 +89,22 @@ pub fn init(format: LogFormat, service: &'static str) -> Telemetry {
 }
 
 fn otlp_provider(service: &'static str) -> Option<SdkTracerProvider> {
-    std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|v| !v.is_empty())?;
-    let exporter = match opentelemetry_otlp::SpanExporter::builder().with_http().build() {
+    std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|v| !v.is_empty())?;
+    let exporter = match opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+    {
         Ok(exporter) => exporter,
         Err(e) => {
             eprintln!("cxone-worker: OTLP export disabled: {e}");
             return None;
         }
     };
-    let resource = opentelemetry_sdk::Resource::builder().with_service_name(service).build();
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service)
+        .build();
     Some(
         SdkTracerProvider::builder()
             .with_resource(resource)

@@ -90,8 +90,16 @@ impl Tally {
         let succeeded = self.succeeded.load(Ordering::Relaxed);
         let failed = self.failed.load(Ordering::Relaxed);
         let ended = succeeded + failed;
-        let average_latency_ms = self.latency_ms.load(Ordering::Relaxed).checked_div(succeeded).unwrap_or(0);
-        let accuracy = if ended == 0 { 1.0 } else { succeeded as f64 / ended as f64 };
+        let average_latency_ms = self
+            .latency_ms
+            .load(Ordering::Relaxed)
+            .checked_div(succeeded)
+            .unwrap_or(0);
+        let accuracy = if ended == 0 {
+            1.0
+        } else {
+            succeeded as f64 / ended as f64
+        };
         tracing::info!(
             total_executions = executions,
             successful_encodings = succeeded,
@@ -121,15 +129,27 @@ impl Worker {
     pub async fn process(&self, incoming: &Incoming, sink: &dyn StageSink) -> Report {
         let started = Instant::now();
         let loose_id = job::loose_job_id(&incoming.body);
-        let key = job::idempotency_key(loose_id.as_deref(), incoming.message_id.as_deref(), &incoming.body);
-        let mut report = Report::new(loose_id.unwrap_or_else(|| key.clone()), key, incoming.attempts);
+        let key = job::idempotency_key(
+            loose_id.as_deref(),
+            incoming.message_id.as_deref(),
+            &incoming.body,
+        );
+        let mut report = Report::new(
+            loose_id.unwrap_or_else(|| key.clone()),
+            key,
+            incoming.attempts,
+        );
         report.execution_id = incoming.execution_id.clone();
         report.sync_failures = incoming.sync_failures;
         report.reach(Stage::Received);
         sink.reached(&report, Stage::Received);
 
         let span = tracing::info_span!("job", job_id = %report.job_id);
-        let failure = match self.run(incoming, &mut report, sink).instrument(span.clone()).await {
+        let failure = match self
+            .run(incoming, &mut report, sink)
+            .instrument(span.clone())
+            .await
+        {
             Ok(()) => {
                 report.outcome = Outcome::Succeeded;
                 None
@@ -140,7 +160,8 @@ impl Worker {
         if let Some(failure) = failure {
             // A transient failure before the execute call (the file's store timing
             // out, say) counts as an attempt too, or it could be retried forever.
-            let before_execution = report.attempts == incoming.attempts && report.execution_id.is_none();
+            let before_execution =
+                report.attempts == incoming.attempts && report.execution_id.is_none();
             if before_execution && matches!(failure, Failure::Retryable { .. }) {
                 report.attempts += 1;
             }
@@ -151,7 +172,12 @@ impl Worker {
         report
     }
 
-    async fn run(&self, incoming: &Incoming, report: &mut Report, sink: &dyn StageSink) -> Step<()> {
+    async fn run(
+        &self,
+        incoming: &Incoming,
+        report: &mut Report,
+        sink: &dyn StageSink,
+    ) -> Step<()> {
         let job = Job::parse(&incoming.body)?;
         let action = job
             .data_action_id
@@ -187,7 +213,10 @@ impl Worker {
             report.attempts += 1;
             metrics::counter!(names::ATTEMPTS).increment(1);
             self.tally.executions.fetch_add(1, Ordering::Relaxed);
-            let executed = self.client.execute(&action, &report.key, encoded.body.clone()).await?;
+            let executed = self
+                .client
+                .execute(&action, &report.key, encoded.body.clone())
+                .await?;
             report.execution_id = executed.execution_id;
             report.reach(Stage::Executed);
             sink.reached(report, Stage::Executed);
@@ -220,13 +249,24 @@ impl Worker {
     async fn encode(&self, bytes: &Bytes, job: &Job) -> Step<Encoded> {
         let allowed = &self.config.allowed_types;
         if bytes.len() <= INLINE_ENCODE_MAX {
-            return encode::encode(bytes, job.content_type.as_deref(), allowed, job.metadata.as_ref());
+            return encode::encode(
+                bytes,
+                job.content_type.as_deref(),
+                allowed,
+                job.metadata.as_ref(),
+            );
         }
-        let (bytes, declared, allowed, metadata) =
-            (bytes.clone(), job.content_type.clone(), allowed.clone(), job.metadata.clone());
-        tokio::task::spawn_blocking(move || encode::encode(&bytes, declared.as_deref(), &allowed, metadata.as_ref()))
-            .await
-            .unwrap_or_else(|e| Err(Failure::retryable(format!("encoding task failed: {e}"))))
+        let (bytes, declared, allowed, metadata) = (
+            bytes.clone(),
+            job.content_type.clone(),
+            allowed.clone(),
+            job.metadata.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            encode::encode(&bytes, declared.as_deref(), &allowed, metadata.as_ref())
+        })
+        .await
+        .unwrap_or_else(|e| Err(Failure::retryable(format!("encoding task failed: {e}"))))
     }
 
     /// Turns a failure into the job's outcome: retry below `MAX_ATTEMPTS`, else
@@ -234,12 +274,22 @@ impl Worker {
     fn decide(&self, report: &Report, failure: Failure) -> Outcome {
         let max = self.config.max_attempts;
         match failure {
-            Failure::Permanent { kind, message } => Outcome::Failed { kind, error: message },
-            Failure::Systemic { cause, message } => Outcome::HandBack { cause, error: message },
+            Failure::Permanent { kind, message } => Outcome::Failed {
+                kind,
+                error: message,
+            },
+            Failure::Systemic { cause, message } => Outcome::HandBack {
+                cause,
+                error: message,
+            },
             Failure::Retryable { message } => {
                 // A failed storage write after a successful execution counts its own
                 // tries: the job is not executed again.
-                let tries = if report.execution_id.is_some() { report.sync_failures } else { report.attempts };
+                let tries = if report.execution_id.is_some() {
+                    report.sync_failures
+                } else {
+                    report.attempts
+                };
                 if tries >= max {
                     Outcome::Failed {
                         kind: ErrorKind::Exhausted,

@@ -14,7 +14,9 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::Acker;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::task::{Id, JoinSet};
@@ -66,10 +68,13 @@ struct Pause {
     delays: backon::ExponentialBackoff,
 }
 
+/// A paused worker probes at least this often, jitter included.
+const MAX_PROBE_DELAY: Duration = Duration::from_secs(30);
+
 fn probe_delays() -> backon::ExponentialBackoff {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_secs(1))
-        .with_max_delay(Duration::from_secs(30))
+        .with_max_delay(MAX_PROBE_DELAY / 2)
         .with_jitter()
         .without_max_times()
         .build()
@@ -97,7 +102,9 @@ impl Consumer {
                     self.health.set_connected(false);
                     match end {
                         SessionEnd::Shutdown => return,
-                        SessionEnd::Lost(why) => tracing::warn!(error = %why, "lost the broker session; reconnecting"),
+                        SessionEnd::Lost(why) => {
+                            tracing::warn!(error = %why, "lost the broker session; reconnecting")
+                        }
                     }
                 }
                 Err(e) => {
@@ -128,11 +135,14 @@ struct Session {
 
 impl Session {
     async fn open(c: &Consumer) -> lapin::Result<Self> {
-        let connection = super::connect(&c.url, "cxone-worker run").await?;
+        let name = format!("cxone-worker run ({})", c.topology.prefix());
+        let connection = super::connect(&c.url, &name).await?;
         let channel = connection.create_channel().await?;
         c.topology.declare(&channel).await?;
         // Per-consumer prefetch: at most WORKER_CONCURRENCY unacknowledged deliveries.
-        channel.basic_qos(c.prefetch, BasicQosOptions { global: false }).await?;
+        channel
+            .basic_qos(c.prefetch, BasicQosOptions { global: false })
+            .await?;
         let publisher = Publisher::open(&connection, c.publish_timeout).await?;
         Ok(Self {
             connection,
@@ -173,28 +183,39 @@ impl Session {
     /// arrive and are handed back as they come.
     async fn stop_consuming(&mut self, c: &Consumer) {
         c.health.set_consuming(false);
-        if let Some(consumer) = &self.consumer {
-            if !self.cancelling {
-                self.cancelling = true;
-                if let Err(e) = self.channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await {
-                    tracing::warn!(error = %chain(&e), "cancelling the consumer failed");
-                }
+        if let Some(consumer) = &self.consumer
+            && !self.cancelling
+        {
+            self.cancelling = true;
+            if let Err(e) = self
+                .channel
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                .await
+            {
+                tracing::warn!(error = %chain(&e), "cancelling the consumer failed");
             }
         }
     }
 
-    async fn next_delivery(consumer: &mut Option<lapin::Consumer>) -> Option<lapin::Result<lapin::message::Delivery>> {
+    async fn next_delivery(
+        consumer: &mut Option<lapin::Consumer>,
+    ) -> Option<lapin::Result<lapin::message::Delivery>> {
         match consumer {
             Some(c) => c.next().await,
             None => std::future::pending().await,
         }
     }
 
-    async fn run(&mut self, c: &Arc<Consumer>, pause: &mut Option<Pause>, shutdown: &CancellationToken) -> SessionEnd {
-        if pause.is_none() {
-            if let Err(e) = self.consume(c).await {
-                return SessionEnd::Lost(chain(&e));
-            }
+    async fn run(
+        &mut self,
+        c: &Arc<Consumer>,
+        pause: &mut Option<Pause>,
+        shutdown: &CancellationToken,
+    ) -> SessionEnd {
+        if pause.is_none()
+            && let Err(e) = self.consume(c).await
+        {
+            return SessionEnd::Lost(chain(&e));
         }
         let mut events = self.connection.events_listener();
         let mut liveness = tokio::time::interval(Duration::from_secs(2));
@@ -246,7 +267,7 @@ impl Session {
                             }
                         }
                         Ok(Err(f)) => {
-                            let wait = p.delays.next().unwrap_or(Duration::from_secs(30));
+                            let wait = p.delays.next().unwrap_or(MAX_PROBE_DELAY).min(MAX_PROBE_DELAY);
                             p.next_probe = Instant::now() + wait;
                             tracing::warn!(error = %f, retry_in = ?wait, "still paused");
                         }
@@ -259,7 +280,10 @@ impl Session {
 
     fn start(&mut self, c: &Arc<Consumer>, delivery: lapin::message::Delivery) {
         let lapin::message::Delivery {
-            data, properties, acker, ..
+            data,
+            properties,
+            acker,
+            ..
         } = delivery;
         let task = process_delivery(c.clone(), self.publisher.clone(), data, properties);
         let id = self.tasks.spawn(task).id();
@@ -301,7 +325,11 @@ impl Session {
                     c.health.set_paused(Some(cause));
                     let mut delays = probe_delays();
                     let first = delays.next().unwrap_or(Duration::from_secs(1));
-                    *pause = Some(Pause { cause, next_probe: Instant::now() + first, delays });
+                    *pause = Some(Pause {
+                        cause,
+                        next_probe: Instant::now() + first,
+                        delays,
+                    });
                 }
                 // Stop the consumer first, so the job handed back is not delivered
                 // straight back to us.
@@ -338,7 +366,10 @@ impl Session {
             }
         }
         if !self.tasks.is_empty() {
-            tracing::warn!(jobs = self.tasks.len(), "grace period over: handing the rest back");
+            tracing::warn!(
+                jobs = self.tasks.len(),
+                "grace period over: handing the rest back"
+            );
             self.tasks.abort_all();
             while self.tasks.join_next().await.is_some() {}
         }
@@ -355,7 +386,10 @@ impl Session {
         self.tasks.abort_all();
         // Closing the connection hands every unsettled delivery back to the queue.
         if self.connection.status().connected() {
-            let _ = self.connection.close(200, "cxone-worker closing".into()).await;
+            let _ = self
+                .connection
+                .close(200, "cxone-worker closing".into())
+                .await;
         }
     }
 }
@@ -379,12 +413,20 @@ async fn nack(acker: &Acker) -> Result<(), String> {
 }
 
 /// One delivery: the worker decides, the outputs are published and confirmed.
-async fn process_delivery(c: Arc<Consumer>, publisher: Publisher, body: Vec<u8>, properties: BasicProperties) -> TaskEnd {
+async fn process_delivery(
+    c: Arc<Consumer>,
+    publisher: Publisher,
+    body: Vec<u8>,
+    properties: BasicProperties,
+) -> TaskEnd {
     let _in_flight = InFlight::new();
     let (attempts, execution_id, sync_failures) = read_job_headers(&properties);
     let incoming = Incoming {
         body,
-        message_id: properties.message_id().as_ref().map(|m| m.as_str().to_owned()),
+        message_id: properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str().to_owned()),
         attempts,
         execution_id,
         sync_failures,
@@ -398,8 +440,16 @@ async fn process_delivery(c: Arc<Consumer>, publisher: Publisher, body: Vec<u8>,
     if let Outcome::HandBack { cause, error } = report.outcome {
         return TaskEnd::HandBack(cause, error);
     }
-    let mut messages = stages.events.into_inner().unwrap_or_else(|e| e.into_inner());
-    messages.extend(outputs::messages(&c.topology, &report, &incoming.body, &properties));
+    let mut messages = stages
+        .events
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    messages.extend(outputs::messages(
+        &c.topology,
+        &report,
+        &incoming.body,
+        &properties,
+    ));
     if let Outcome::Retry { .. } = report.outcome {
         metrics::counter!(names::RETRIES).increment(1);
     }
@@ -424,7 +474,10 @@ impl StageSink for Stages<'_> {
     fn reached(&self, report: &Report, stage: Stage) {
         if self.enabled {
             let event = outputs::audit(self.topology, &report.event(stage.as_str()));
-            self.events.lock().unwrap_or_else(|e| e.into_inner()).push(event);
+            self.events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(event);
         }
     }
 }

@@ -10,12 +10,20 @@ use crate::outcome::{AuditEvent, Outcome, Report, rfc3339};
 
 /// The messages for a delivery that ended with `report` (not a hand-back).
 /// `original` is the delivery's body and properties: copies keep them unchanged.
-pub fn messages(topology: &Topology, report: &Report, body: &[u8], original: &BasicProperties) -> Vec<Outgoing> {
+pub fn messages(
+    topology: &Topology,
+    report: &Report,
+    body: &[u8],
+    original: &BasicProperties,
+) -> Vec<Outgoing> {
     let mut out = Vec::with_capacity(3);
     match &report.outcome {
         Outcome::Retry { delay, .. } => {
             let mut h = job_headers(original);
-            h.insert(headers::ATTEMPTS.into(), AMQPValue::LongLongInt(i64::from(report.attempts)));
+            h.insert(
+                headers::ATTEMPTS.into(),
+                AMQPValue::LongLongInt(i64::from(report.attempts)),
+            );
             if let Some(id) = &report.execution_id {
                 h.insert(headers::EXECUTION_ID.into(), text(id));
                 h.insert(
@@ -36,8 +44,14 @@ pub fn messages(topology: &Topology, report: &Report, body: &[u8], original: &Ba
             h.remove(headers::SYNC_FAILURES);
             h.insert(headers::ERROR_KIND.into(), text(kind.as_str()));
             h.insert(headers::ERROR.into(), text(error));
-            h.insert(headers::DLQ_ATTEMPTS.into(), AMQPValue::LongLongInt(i64::from(report.attempts)));
-            h.insert(headers::FAILED_AT.into(), text(&rfc3339(crate::outcome::now())));
+            h.insert(
+                headers::DLQ_ATTEMPTS.into(),
+                AMQPValue::LongLongInt(i64::from(report.attempts)),
+            );
+            h.insert(
+                headers::FAILED_AT.into(),
+                text(&rfc3339(crate::outcome::now())),
+            );
             out.push(Outgoing {
                 exchange: topology.dlx(),
                 routing_key: kind.as_str().to_owned(),
@@ -76,7 +90,11 @@ fn json_properties() -> BasicProperties {
     BasicProperties::default()
         .with_content_type("application/json".into())
         .with_app_id("cxone-worker".into())
-        .with_timestamp(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+        .with_timestamp(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        )
 }
 
 /// The job's own headers, minus what the broker adds on each delivery.
@@ -112,8 +130,13 @@ pub fn read_job_headers(properties: &BasicProperties) -> (u32, Option<String>, u
             .and_then(|n| u32::try_from(n).ok())
             .unwrap_or(0)
     };
-    let execution_id = super::topology::header_text(h, headers::EXECUTION_ID).filter(|s| !s.is_empty());
-    (count(headers::ATTEMPTS), execution_id, count(headers::SYNC_FAILURES))
+    let execution_id =
+        super::topology::header_text(h, headers::EXECUTION_ID).filter(|s| !s.is_empty());
+    (
+        count(headers::ATTEMPTS),
+        execution_id,
+        count(headers::SYNC_FAILURES),
+    )
 }
 
 #[cfg(test)]
@@ -123,7 +146,10 @@ mod tests {
     use std::time::Duration;
 
     fn topo() -> Topology {
-        Topology::new("p", &[Duration::from_millis(200), Duration::from_millis(400)])
+        Topology::new(
+            "p",
+            &[Duration::from_millis(200), Duration::from_millis(400)],
+        )
     }
 
     fn report(outcome: Outcome) -> Report {
@@ -145,12 +171,25 @@ mod tests {
 
     #[test]
     fn retry_copies_the_job_to_its_delay_queue() {
-        let r = report(Outcome::Retry { delay: Duration::from_millis(400), error: "503".into() });
+        let r = report(Outcome::Retry {
+            delay: Duration::from_millis(400),
+            error: "503".into(),
+        });
         let out = messages(&topo(), &r, b"{job}", &original());
-        assert_eq!(out.len(), 2, "retry copy and retry_scheduled event; no result");
-        assert_eq!((out[0].exchange.as_str(), out[0].routing_key.as_str()), ("", "p.retry.400ms"));
+        assert_eq!(
+            out.len(),
+            2,
+            "retry copy and retry_scheduled event; no result"
+        );
+        assert_eq!(
+            (out[0].exchange.as_str(), out[0].routing_key.as_str()),
+            ("", "p.retry.400ms")
+        );
         assert_eq!(out[0].body, b"{job}");
-        assert_eq!(out[0].properties.message_id().as_ref().unwrap().as_str(), "m-1");
+        assert_eq!(
+            out[0].properties.message_id().as_ref().unwrap().as_str(),
+            "m-1"
+        );
         assert_eq!(read_job_headers(&out[0].properties), (2, None, 0));
         let h = out[0].properties.headers().clone().unwrap();
         assert!(h.contains_key("custom") && !h.contains_key(headers::DELIVERY_COUNT));
@@ -159,18 +198,44 @@ mod tests {
 
     #[test]
     fn failures_go_to_the_dlq_with_the_contract_headers() {
-        let r = report(Outcome::Failed { kind: ErrorKind::Rejected, error: "API answered 400".into() });
+        let r = report(Outcome::Failed {
+            kind: ErrorKind::Rejected,
+            error: "API answered 400".into(),
+        });
         let out = messages(&topo(), &r, b"{job}", &original());
         assert_eq!(out.len(), 3);
         let dlq = &out[0];
-        assert_eq!((dlq.exchange.as_str(), dlq.body.as_slice()), ("p.dlx", &b"{job}"[..]));
+        assert_eq!(
+            (dlq.exchange.as_str(), dlq.body.as_slice()),
+            ("p.dlx", &b"{job}"[..])
+        );
         let h = dlq.properties.headers().clone().unwrap();
-        assert_eq!(super::super::topology::header_text(&h, headers::ERROR_KIND).unwrap(), "rejected");
-        assert_eq!(super::super::topology::header_int(&h, headers::DLQ_ATTEMPTS), Some(2));
+        assert_eq!(
+            super::super::topology::header_text(&h, headers::ERROR_KIND).unwrap(),
+            "rejected"
+        );
+        assert_eq!(
+            super::super::topology::header_int(&h, headers::DLQ_ATTEMPTS),
+            Some(2)
+        );
         assert!(h.contains_key(headers::ERROR) && h.contains_key(headers::FAILED_AT));
-        assert!(!h.contains_key(headers::ATTEMPTS), "the DLQ copy restarts its attempt count");
-        assert_eq!((out[1].exchange.as_str(), out[1].routing_key.as_str()), ("p.results", "job.failed"));
-        assert_eq!(out[1].properties.correlation_id().as_ref().unwrap().as_str(), "job-1");
+        assert!(
+            !h.contains_key(headers::ATTEMPTS),
+            "the DLQ copy restarts its attempt count"
+        );
+        assert_eq!(
+            (out[1].exchange.as_str(), out[1].routing_key.as_str()),
+            ("p.results", "job.failed")
+        );
+        assert_eq!(
+            out[1]
+                .properties
+                .correlation_id()
+                .as_ref()
+                .unwrap()
+                .as_str(),
+            "job-1"
+        );
         assert_eq!(out[2].routing_key, "audit.failed");
     }
 
@@ -183,7 +248,10 @@ mod tests {
 
     #[test]
     fn hand_backs_publish_nothing() {
-        let r = report(Outcome::HandBack { cause: Systemic::ApiUnreachable, error: "down".into() });
+        let r = report(Outcome::HandBack {
+            cause: Systemic::ApiUnreachable,
+            error: "down".into(),
+        });
         assert!(messages(&topo(), &r, b"{job}", &original()).is_empty());
     }
 }

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{Confirmation, PublisherConfirm};
 use lapin::{BasicProperties, Channel, Connection};
+use lapin::{Confirmation, PublisherConfirm};
 
 use crate::telemetry::names;
 
@@ -48,7 +48,9 @@ impl Publisher {
     /// Opens a channel in confirm mode.
     pub async fn open(connection: &Connection, timeout: Duration) -> lapin::Result<Self> {
         let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Ok(Self { channel, timeout })
     }
 

@@ -215,12 +215,21 @@ impl Topology {
         };
         for exchange in self.exchanges() {
             channel
-                .exchange_declare(exchange.name.into(), ExchangeKind::Topic, durable, FieldTable::default())
+                .exchange_declare(
+                    exchange.name.into(),
+                    ExchangeKind::Topic,
+                    durable,
+                    FieldTable::default(),
+                )
                 .await?;
         }
         for queue in self.queues() {
             channel
-                .queue_declare(queue.name.clone().into(), QueueDeclareOptions::durable(), queue.field_table())
+                .queue_declare(
+                    queue.name.clone().into(),
+                    QueueDeclareOptions::durable(),
+                    queue.field_table(),
+                )
                 .await?;
         }
         for b in self.bindings() {
@@ -358,8 +367,21 @@ mod tests {
         assert_eq!(t.audit(), "cxone.audit");
         assert_eq!(t.dlx(), "cxone.dlx");
         assert_eq!(t.dlq(), "cxone.jobs.dlq");
-        let retry: Vec<String> = t.queues().into_iter().filter(|q| q.role == "retry").map(|q| q.name).collect();
-        assert_eq!(retry, ["cxone.retry.5s", "cxone.retry.30s", "cxone.retry.2m", "cxone.retry.10m"]);
+        let retry: Vec<String> = t
+            .queues()
+            .into_iter()
+            .filter(|q| q.role == "retry")
+            .map(|q| q.name)
+            .collect();
+        assert_eq!(
+            retry,
+            [
+                "cxone.retry.5s",
+                "cxone.retry.30s",
+                "cxone.retry.2m",
+                "cxone.retry.10m"
+            ]
+        );
         assert!(t.is_retry_queue("cxone.retry.2m"));
         assert!(!t.is_retry_queue("cxone.retry.soon"));
         assert!(!t.is_retry_queue("other.retry.2m"));
@@ -368,13 +390,29 @@ mod tests {
     #[test]
     fn retry_queues_dead_letter_to_the_jobs_queue() {
         let t = topo();
-        let q = t.queues().into_iter().find(|q| q.name == "cxone.retry.30s").unwrap();
+        let q = t
+            .queues()
+            .into_iter()
+            .find(|q| q.name == "cxone.retry.30s")
+            .unwrap();
         assert!(q.arguments.contains(&("x-message-ttl", Arg::Int(30_000))));
-        assert!(q.arguments.contains(&("x-dead-letter-exchange", Arg::Text(String::new()))));
-        assert!(q.arguments.contains(&("x-dead-letter-routing-key", Arg::Text("cxone.jobs".into()))));
+        assert!(
+            q.arguments
+                .contains(&("x-dead-letter-exchange", Arg::Text(String::new())))
+        );
+        assert!(
+            q.arguments
+                .contains(&("x-dead-letter-routing-key", Arg::Text("cxone.jobs".into())))
+        );
         let jobs = &t.queues()[0];
-        assert!(jobs.arguments.contains(&("x-delivery-limit", Arg::Int(JOBS_DELIVERY_LIMIT))));
-        assert!(jobs.arguments.contains(&("x-dead-letter-exchange", Arg::Text("cxone.dlx".into()))));
+        assert!(
+            jobs.arguments
+                .contains(&("x-delivery-limit", Arg::Int(JOBS_DELIVERY_LIMIT)))
+        );
+        assert!(
+            jobs.arguments
+                .contains(&("x-dead-letter-exchange", Arg::Text("cxone.dlx".into())))
+        );
     }
 
     /// The shipped definitions file is this module's output, not a copy kept by hand.

@@ -31,6 +31,9 @@ pub fn run(args: &DefinitionsArgs) -> Result<(), ConfigError> {
         .collect::<Result<Vec<_>, _>>()?;
     let topology = Topology::new(&args.queue_prefix, &delays);
     // A JSON value always serializes.
-    println!("{}", serde_json::to_string_pretty(&topology.definitions(&args.vhost)).expect("json"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&topology.definitions(&args.vhost)).expect("json")
+    );
     Ok(())
 }

@@ -37,12 +37,20 @@ pub async fn run(args: &EncodeArgs) -> anyhow::Result<()> {
     let path = if args.file.starts_with("file://") || args.file.starts_with('/') {
         args.file.clone()
     } else {
-        std::env::current_dir()?.join(&args.file).display().to_string()
+        std::env::current_dir()?
+            .join(&args.file)
+            .display()
+            .to_string()
     };
     let encoded = async {
         let opened = sources.open(&path).await?;
         let bytes = opened.read(limits.max_payload_bytes).await?;
-        crate::encode::encode(&bytes, args.content_type.as_deref(), &limits.allowed_types, metadata.as_ref())
+        crate::encode::encode(
+            &bytes,
+            args.content_type.as_deref(),
+            &limits.allowed_types,
+            metadata.as_ref(),
+        )
     }
     .await;
     match encoded {

@@ -34,9 +34,14 @@ pub async fn serve(
         .await
         .with_context(|| format!("ADMIN_ADDR: cannot listen on {}", settings.admin_addr))?;
     bound(admin_addr);
-    let admin = tokio::spawn(admin::serve(listener, health.clone(), shutdown.clone().cancelled_owned()));
+    let admin = tokio::spawn(admin::serve(
+        listener,
+        health.clone(),
+        shutdown.clone().cancelled_owned(),
+    ));
 
-    let client = Client::new(&settings.api, usize::from(settings.concurrency)).context("building the HTTP client")?;
+    let client = Client::new(&settings.api, usize::from(settings.concurrency))
+        .context("building the HTTP client")?;
     let storage = settings
         .storage
         .as_ref()

@@ -17,7 +17,8 @@ use clap::Args;
 pub use value::{AmqpUrl, Secret, format_duration, parse_duration, redact_url, split_list};
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-pub const DEFAULT_MIME_TYPES: &str = "application/pdf,image/png,image/jpeg,application/octet-stream";
+pub const DEFAULT_MIME_TYPES: &str =
+    "application/pdf,image/png,image/jpeg,application/octet-stream";
 pub const DEFAULT_MAX_PAYLOAD_BYTES: u64 = 10 * 1024 * 1024;
 /// Larger files would make bodies of several GiB: far beyond what the API accepts.
 const MAX_PAYLOAD_CEILING: u64 = 1 << 30;
@@ -55,7 +56,13 @@ fn number<T: FromStr>(var: &'static str, raw: &str, default: &str) -> Result<T, 
         .map_err(|_| bad(var, format!("{raw:?} is not a whole number")))
 }
 
-fn number_in<T>(var: &'static str, raw: &str, default: &str, min: T, max: T) -> Result<T, ConfigError>
+fn number_in<T>(
+    var: &'static str,
+    raw: &str,
+    default: &str,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError>
 where
     T: FromStr + PartialOrd + std::fmt::Display + Copy,
 {
@@ -116,7 +123,9 @@ impl BrokerArgs {
         if !valid || prefix.ends_with('.') || prefix.len() > 200 {
             return Err(bad(
                 "CXONE_QUEUE_PREFIX",
-                format!("{prefix:?} may hold only letters, digits, '-', '_' and '.', and may not end with '.'"),
+                format!(
+                    "{prefix:?} may hold only letters, digits, '-', '_' and '.', and may not end with '.'"
+                ),
             ));
         }
         Ok(BrokerSettings { url, prefix })
@@ -149,12 +158,18 @@ impl LimitArgs {
             1,
             MAX_PAYLOAD_CEILING,
         )?;
-        let allowed_types: Vec<String> = split_list(or_default(&self.allowed_mime_types, DEFAULT_MIME_TYPES), ',')
-            .into_iter()
-            .map(|t| t.to_ascii_lowercase())
-            .collect();
+        let allowed_types: Vec<String> = split_list(
+            or_default(&self.allowed_mime_types, DEFAULT_MIME_TYPES),
+            ',',
+        )
+        .into_iter()
+        .map(|t| t.to_ascii_lowercase())
+        .collect();
         if let Some(t) = allowed_types.iter().find(|t| !is_mime_type(t)) {
-            return Err(bad("ALLOWED_MIME_TYPES", format!("{t:?} is not a content type")));
+            return Err(bad(
+                "ALLOWED_MIME_TYPES",
+                format!("{t:?} is not a content type"),
+            ));
         }
         Ok(Limits {
             max_payload_bytes,
@@ -239,7 +254,10 @@ fn is_mime_type(t: &str) -> bool {
 
 fn canonical_root(root: &Path) -> Result<PathBuf, ConfigError> {
     if !root.is_absolute() {
-        return Err(bad("FILE_ROOTS", format!("{:?} is not an absolute path", root)));
+        return Err(bad(
+            "FILE_ROOTS",
+            format!("{:?} is not an absolute path", root),
+        ));
     }
     let canonical = root
         .canonicalize()
@@ -301,7 +319,12 @@ impl ApiArgs {
         let base_url = url::Url::parse(raw.trim_end_matches('/'))
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-            .ok_or_else(|| bad("CXONE_API_URL", format!("{:?} is not an http(s) URL", redact_url(raw))))?;
+            .ok_or_else(|| {
+                bad(
+                    "CXONE_API_URL",
+                    format!("{:?} is not an http(s) URL", redact_url(raw)),
+                )
+            })?;
         let client_id = given(&self.client_id)
             .ok_or_else(|| bad("CXONE_CLIENT_ID", "is required"))?
             .to_owned();
@@ -314,7 +337,12 @@ impl ApiArgs {
             }
             (Some(s), None) => s.to_owned(),
             (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| bad("CXONE_CLIENT_SECRET_FILE", format!("cannot read {path:?}: {e}")))?
+                .map_err(|e| {
+                    bad(
+                        "CXONE_CLIENT_SECRET_FILE",
+                        format!("cannot read {path:?}: {e}"),
+                    )
+                })?
                 .trim_end_matches(['\r', '\n'])
                 .to_owned(),
             (None, None) => {
@@ -461,9 +489,12 @@ impl RunArgs {
         }
         let retry_delays = self.retry_delays()?;
         let admin_raw = or_default(&self.admin_addr, "127.0.0.1:9090");
-        let admin_addr = admin_raw
-            .parse()
-            .map_err(|_| bad("ADMIN_ADDR", format!("{admin_raw:?} is not an address like 127.0.0.1:9090")))?;
+        let admin_addr = admin_raw.parse().map_err(|_| {
+            bad(
+                "ADMIN_ADDR",
+                format!("{admin_raw:?} is not an address like 127.0.0.1:9090"),
+            )
+        })?;
         let storage = match given(&self.storage_endpoint) {
             None => None,
             Some(endpoint) => Some(StorageSettings {
@@ -497,7 +528,11 @@ impl RunArgs {
                 "terminal",
                 &[("terminal", AuditLevel::Terminal), ("all", AuditLevel::All)],
             )?,
-            publish_timeout: duration("PUBLISH_CONFIRM_TIMEOUT", &self.publish_confirm_timeout, "30s")?,
+            publish_timeout: duration(
+                "PUBLISH_CONFIRM_TIMEOUT",
+                &self.publish_confirm_timeout,
+                "30s",
+            )?,
             storage,
         })
     }
@@ -513,7 +548,10 @@ impl RunArgs {
                 let d = parse_duration(raw)
                     .ok_or_else(|| bad("RETRY_DELAYS", format!("{raw:?} is not a duration")))?;
                 if d.is_zero() || d > MAX_RETRY_DELAY {
-                    return Err(bad("RETRY_DELAYS", format!("{raw:?} must be between 1ms and 24h")));
+                    return Err(bad(
+                        "RETRY_DELAYS",
+                        format!("{raw:?} must be between 1ms and 24h"),
+                    ));
                 }
                 Ok(d)
             })
@@ -527,13 +565,22 @@ fn check_storage_endpoint(raw: &str) -> Result<String, ConfigError> {
         .map_err(|e| bad(var, format!("{:?} is not a URL ({e})", redact_url(raw))))?;
     match url.scheme() {
         "file" => {
-            if url.host_str().is_some_and(|h| !h.is_empty() && h != "localhost") {
-                return Err(bad(var, format!("{raw:?}: a file:// endpoint names a local directory (file:///dir)")));
+            if url
+                .host_str()
+                .is_some_and(|h| !h.is_empty() && h != "localhost")
+            {
+                return Err(bad(
+                    var,
+                    format!("{raw:?}: a file:// endpoint names a local directory (file:///dir)"),
+                ));
             }
         }
         "s3" | "az" | "gs" | "http" | "https" => {
             if url.host_str().is_none_or(str::is_empty) {
-                return Err(bad(var, format!("{:?} names no bucket, container or host", redact_url(raw))));
+                return Err(bad(
+                    var,
+                    format!("{:?} names no bucket, container or host", redact_url(raw)),
+                ));
             }
         }
         other => {

@@ -20,7 +20,10 @@ const BASE: [&str; 8] = [
 
 fn parse(extra: &[&str]) -> Result<Settings, ConfigError> {
     let args: Vec<&str> = BASE.iter().chain(extra).copied().collect();
-    Cli::try_parse_from(args).expect("clap accepts text").run.settings()
+    Cli::try_parse_from(args)
+        .expect("clap accepts text")
+        .run
+        .settings()
 }
 
 fn error(extra: &[&str]) -> String {
@@ -52,7 +55,12 @@ fn defaults_follow_the_contract() {
     assert_eq!(s.max_inflight_bytes, 4 * 10_485_760);
     assert_eq!(
         s.files.allowed_types,
-        ["application/pdf", "image/png", "image/jpeg", "application/octet-stream"]
+        [
+            "application/pdf",
+            "image/png",
+            "image/jpeg",
+            "application/octet-stream"
+        ]
     );
     assert!(s.files.roots.is_empty());
     assert_eq!(s.api.rate_limit_per_minute, 1000);
@@ -70,29 +78,53 @@ fn defaults_follow_the_contract() {
 #[test]
 fn each_bad_value_names_its_variable() {
     let cases: &[(&[&str], &str)] = &[
-        (&["--retry-delays=5s,5x"], r#"RETRY_DELAYS: "5x" is not a duration"#),
+        (
+            &["--retry-delays=5s,5x"],
+            r#"RETRY_DELAYS: "5x" is not a duration"#,
+        ),
         (&["--retry-delays=0s"], "RETRY_DELAYS: "),
-        (&["--shutdown-grace=soon"], r#"SHUTDOWN_GRACE: "soon" is not a duration"#),
-        (&["--concurrency=0"], "WORKER_CONCURRENCY: 0 is out of range"),
-        (&["--concurrency=lots"], r#"WORKER_CONCURRENCY: "lots" is not a whole number"#),
+        (
+            &["--shutdown-grace=soon"],
+            r#"SHUTDOWN_GRACE: "soon" is not a duration"#,
+        ),
+        (
+            &["--concurrency=0"],
+            "WORKER_CONCURRENCY: 0 is out of range",
+        ),
+        (
+            &["--concurrency=lots"],
+            r#"WORKER_CONCURRENCY: "lots" is not a whole number"#,
+        ),
         (&["--max-payload-bytes=-1"], "MAX_PAYLOAD_BYTES: "),
         (&["--max-attempts=0"], "MAX_ATTEMPTS: 0 is out of range"),
         (&["--rate-limit-per-minute=0"], "RATE_LIMIT_PER_MINUTE: "),
         (&["--admin-addr=localhost"], "ADMIN_ADDR: "),
-        (&["--audit-events=some"], r#"AUDIT_EVENTS: "some" is not one of terminal, all"#),
+        (
+            &["--audit-events=some"],
+            r#"AUDIT_EVENTS: "some" is not one of terminal, all"#,
+        ),
         (&["--amqp-url=http://x:pw@h/"], "AMQP_URL: "),
         (&["--queue-prefix=a b"], "CXONE_QUEUE_PREFIX: "),
         (&["--allowed-mime-types=pdf"], "ALLOWED_MIME_TYPES: "),
         (&["--file-roots=relative/dir"], "FILE_ROOTS: "),
         (&["--file-roots=/no/such/dir/anywhere"], "FILE_ROOTS: "),
         (&["--max-inflight-bytes=10"], "MAX_INFLIGHT_BYTES: "),
-        (&["--storage-endpoint=ftp://x/y"], "EXTERNAL_STORAGE_ENDPOINT: "),
-        (&["--storage-endpoint=s3://bucket", "--storage-payload=zip"], "STORAGE_PAYLOAD: "),
+        (
+            &["--storage-endpoint=ftp://x/y"],
+            "EXTERNAL_STORAGE_ENDPOINT: ",
+        ),
+        (
+            &["--storage-endpoint=s3://bucket", "--storage-payload=zip"],
+            "STORAGE_PAYLOAD: ",
+        ),
         (&["--request-timeout=1"], "CXONE_REQUEST_TIMEOUT: "),
     ];
     for (args, want) in cases {
         let got = error(args);
-        assert!(got.starts_with(want), "{args:?}: got {got:?}, want {want:?}");
+        assert!(
+            got.starts_with(want),
+            "{args:?}: got {got:?}, want {want:?}"
+        );
         assert!(!got.contains('\n'), "one line: {got:?}");
     }
 }
@@ -101,14 +133,28 @@ fn each_bad_value_names_its_variable() {
 fn required_api_settings() {
     let bare = |args: &[&str]| {
         let all: Vec<&str> = ["test"].iter().chain(args).copied().collect();
-        Cli::try_parse_from(all).unwrap().run.settings().unwrap_err().to_string()
+        Cli::try_parse_from(all)
+            .unwrap()
+            .run
+            .settings()
+            .unwrap_err()
+            .to_string()
     };
     // The process environment may hold these variables; flags set to "" override them.
     let empty = ["--api-url=", "--client-id=", "--client-secret="];
     assert!(bare(&empty).starts_with("CXONE_API_URL: is required"));
-    assert!(bare(&["--api-url=ftp://x", "--client-id=", "--client-secret="]).starts_with("CXONE_API_URL: "));
-    assert!(bare(&["--api-url=http://x", "--client-id=", "--client-secret="]).starts_with("CXONE_CLIENT_ID: is required"));
-    assert!(bare(&["--api-url=http://x", "--client-id=a", "--client-secret="]).starts_with("CXONE_CLIENT_SECRET: is required"));
+    assert!(
+        bare(&["--api-url=ftp://x", "--client-id=", "--client-secret="])
+            .starts_with("CXONE_API_URL: ")
+    );
+    assert!(
+        bare(&["--api-url=http://x", "--client-id=", "--client-secret="])
+            .starts_with("CXONE_CLIENT_ID: is required")
+    );
+    assert!(
+        bare(&["--api-url=http://x", "--client-id=a", "--client-secret="])
+            .starts_with("CXONE_CLIENT_SECRET: is required")
+    );
 }
 
 #[test]
@@ -117,18 +163,53 @@ fn secret_from_file_and_conflicts() {
     let path = dir.path().join("secret");
     std::fs::write(&path, "from-file\n").unwrap();
     let p = path.to_str().unwrap();
-    let all = ["test", "--api-url=http://x", "--client-id=a", "--client-secret=", "--client-secret-file", p];
+    let all = [
+        "test",
+        "--api-url=http://x",
+        "--client-id=a",
+        "--client-secret=",
+        "--client-secret-file",
+        p,
+    ];
     let s = Cli::try_parse_from(all).unwrap().run.settings().unwrap();
     assert_eq!(s.api.client_secret.expose(), "from-file");
-    assert!(!format!("{s:?}").contains("from-file"), "Debug of the settings leaks the secret");
+    assert!(
+        !format!("{s:?}").contains("from-file"),
+        "Debug of the settings leaks the secret"
+    );
 
-    let both = ["test", "--api-url=http://x", "--client-id=a", "--client-secret=b", "--client-secret-file", p];
-    let err = Cli::try_parse_from(both).unwrap().run.settings().unwrap_err();
+    let both = [
+        "test",
+        "--api-url=http://x",
+        "--client-id=a",
+        "--client-secret=b",
+        "--client-secret-file",
+        p,
+    ];
+    let err = Cli::try_parse_from(both)
+        .unwrap()
+        .run
+        .settings()
+        .unwrap_err();
     assert_eq!(err.var, "CXONE_CLIENT_SECRET_FILE");
 
-    let missing = ["test", "--api-url=http://x", "--client-id=a", "--client-secret=", "--client-secret-file=/nonexistent/s"];
-    let err = Cli::try_parse_from(missing).unwrap().run.settings().unwrap_err();
-    assert!(err.to_string().starts_with("CXONE_CLIENT_SECRET_FILE: cannot read"), "{err}");
+    let missing = [
+        "test",
+        "--api-url=http://x",
+        "--client-id=a",
+        "--client-secret=",
+        "--client-secret-file=/nonexistent/s",
+    ];
+    let err = Cli::try_parse_from(missing)
+        .unwrap()
+        .run
+        .settings()
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("CXONE_CLIENT_SECRET_FILE: cannot read"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -161,7 +242,13 @@ fn roots_are_canonical() {
 
 #[test]
 fn empty_values_mean_defaults() {
-    let s = parse(&["--concurrency=", "--retry-delays=", "--audit-events=", "--max-attempts="]).unwrap();
+    let s = parse(&[
+        "--concurrency=",
+        "--retry-delays=",
+        "--audit-events=",
+        "--max-attempts=",
+    ])
+    .unwrap();
     assert_eq!(s.concurrency, 16);
     assert_eq!(s.retry_delays.len(), 4);
     assert_eq!(s.audit, AuditLevel::Terminal);
@@ -172,5 +259,10 @@ fn empty_values_mean_defaults() {
 fn log_formats() {
     assert_eq!(log_format("").unwrap(), LogFormat::Json);
     assert_eq!(log_format("TEXT").unwrap(), LogFormat::Text);
-    assert!(log_format("xml").unwrap_err().to_string().starts_with("LOG_FORMAT: "));
+    assert!(
+        log_format("xml")
+            .unwrap_err()
+            .to_string()
+            .starts_with("LOG_FORMAT: ")
+    );
 }

@@ -42,9 +42,13 @@ pub struct AmqpUrl {
 
 impl AmqpUrl {
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let url = url::Url::parse(raw).map_err(|e| format!("{:?} is not a URL ({e})", redact_url(raw)))?;
+        let url = url::Url::parse(raw)
+            .map_err(|e| format!("{:?} is not a URL ({e})", redact_url(raw)))?;
         if !matches!(url.scheme(), "amqp" | "amqps") {
-            return Err(format!("{:?} must start with amqp:// or amqps://", redact_url(raw)));
+            return Err(format!(
+                "{:?} must start with amqp:// or amqps://",
+                redact_url(raw)
+            ));
         }
         if url.host_str().is_none_or(str::is_empty) {
             return Err(format!("{:?} has no host", redact_url(raw)));
@@ -95,12 +99,7 @@ pub fn redact_url(raw: &str) -> String {
     } else {
         user.to_owned()
     };
-    format!(
-        "{}{}{}",
-        &raw[..scheme_end + 3],
-        masked,
-        &rest[at..]
-    )
+    format!("{}{}{}", &raw[..scheme_end + 3], masked, &rest[at..])
 }
 
 /// Parses `200ms`, `5s`, `2m`, `1h` (a whole number and a unit).
@@ -124,11 +123,11 @@ pub fn format_duration(d: Duration) -> String {
     if ms == 0 {
         return "0s".to_owned();
     }
-    if ms % 3_600_000 == 0 {
+    if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")

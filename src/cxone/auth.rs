@@ -21,6 +21,9 @@ const SCOPE: &str = "data-actions:execute oauth:client-credentials";
 const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 /// ...unless the token lives less than this; then at half its lifetime.
 const SHORT_LIFETIME: Duration = Duration::from_secs(120);
+/// A refusal is given to every caller this long without asking again: the jobs in
+/// flight when credentials are revoked must not each hit the token endpoint.
+const FAILURE_HOLD: Duration = Duration::from_secs(2);
 /// A token answer without `expires_in` is trusted this long.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 
@@ -52,7 +55,7 @@ struct State {
     /// Refresh attempts completed, and how the last one ended: a caller that waited
     /// behind a refresh takes its outcome instead of asking the endpoint again.
     attempts: u64,
-    last_failure: Option<Failure>,
+    last_failure: Option<(Failure, Instant)>,
 }
 
 pub struct TokenCache {
@@ -81,9 +84,15 @@ pub fn refresh_after(lifetime: Duration) -> Duration {
 }
 
 impl TokenCache {
-    pub fn new(http: reqwest::Client, base_url: &url::Url, client_id: &str, secret: &Secret<String>) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        base_url: &url::Url,
+        client_id: &str,
+        secret: &Secret<String>,
+    ) -> Self {
         let credentials = STANDARD.encode(format!("{client_id}:{}", secret.expose()));
-        let mut basic = HeaderValue::from_str(&format!("Basic {credentials}")).expect("base64 is a valid header");
+        let mut basic = HeaderValue::from_str(&format!("Basic {credentials}"))
+            .expect("base64 is a valid header");
         basic.set_sensitive(true);
         Self {
             http,
@@ -105,25 +114,45 @@ impl TokenCache {
         self
     }
 
-    /// A fresh token; at most one request to the token endpoint is in flight.
+    /// A fresh token; at most one request to the token endpoint is in flight, and a
+    /// refusal is shared with every caller for [`FAILURE_HOLD`].
     pub async fn token(&self) -> Result<Arc<Token>, Failure> {
+        self.get(false).await
+    }
+
+    /// A new token whatever is cached: the probe of a paused worker.
+    pub async fn refresh(&self) -> Result<Arc<Token>, Failure> {
+        self.get(true).await
+    }
+
+    async fn get(&self, force: bool) -> Result<Arc<Token>, Failure> {
         let seen = {
             let state = self.read();
-            if let Some(token) = state.token.as_ref().filter(|t| t.is_fresh()) {
-                return Ok(token.clone());
+            if !force {
+                if let Some(token) = state.token.as_ref().filter(|t| t.is_fresh()) {
+                    return Ok(token.clone());
+                }
+                if let Some((failure, at)) = &state.last_failure
+                    && at.elapsed() < FAILURE_HOLD
+                {
+                    return Err(failure.clone());
+                }
             }
             state.attempts
         };
         let _refreshing = self.refresh.lock().await;
         {
+            // Someone else asked the endpoint while we waited: take their answer.
             let state = self.read();
-            if let Some(token) = state.token.as_ref().filter(|t| t.is_fresh()) {
+            if (state.attempts != seen || !force)
+                && let Some(token) = state.token.as_ref().filter(|t| t.is_fresh())
+            {
                 return Ok(token.clone());
             }
-            if state.attempts != seen {
-                if let Some(failure) = &state.last_failure {
-                    return Err(failure.clone());
-                }
+            if state.attempts != seen
+                && let Some((failure, _)) = &state.last_failure
+            {
+                return Err(failure.clone());
             }
         }
         let outcome = self.fetch().await;
@@ -136,7 +165,7 @@ impl TokenCache {
                 Ok(token)
             }
             Err(failure) => {
-                state.last_failure = Some(failure.clone());
+                state.last_failure = Some((failure.clone(), Instant::now()));
                 Err(failure)
             }
         }
@@ -145,14 +174,13 @@ impl TokenCache {
     /// Forgets the token a 401 answered, unless a newer one already replaced it.
     pub fn invalidate(&self, generation: u64) {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        if state.token.as_ref().is_some_and(|t| t.generation == generation) {
+        if state
+            .token
+            .as_ref()
+            .is_some_and(|t| t.generation == generation)
+        {
             state.token = None;
         }
-    }
-
-    /// The generation of the cached token, fresh or not.
-    pub fn cached_generation(&self) -> Option<u64> {
-        self.read().token.as_ref().map(|t| t.generation)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -192,7 +220,9 @@ impl TokenCache {
             .map_err(|e| Failure::retryable(super::transport_message(&e)))?;
         let status = response.status();
         if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
-            return Err(Failure::retryable(format!("token endpoint answered {status}")));
+            return Err(Failure::retryable(format!(
+                "token endpoint answered {status}"
+            )));
         }
         if !status.is_success() {
             // 400/401/403 mean our credentials are refused; any other 4xx means the
@@ -209,7 +239,9 @@ impl TokenCache {
         let mut value = HeaderValue::from_str(&format!("Bearer {}", answer.access_token))
             .map_err(|_| Failure::retryable("token answer holds an unusable access_token"))?;
         value.set_sensitive(true);
-        let lifetime = answer.expires_in.map_or(DEFAULT_LIFETIME, Duration::from_secs);
+        let lifetime = answer
+            .expires_in
+            .map_or(DEFAULT_LIFETIME, Duration::from_secs);
         metrics::counter!(names::TOKEN_REFRESHES).increment(1);
         tracing::info!(expires_in = lifetime.as_secs(), "obtained an API token");
         Ok(Arc::new(Token {
@@ -226,10 +258,22 @@ mod tests {
 
     #[test]
     fn refresh_margins() {
-        assert_eq!(refresh_after(Duration::from_secs(3600)), Duration::from_secs(3540));
-        assert_eq!(refresh_after(Duration::from_secs(120)), Duration::from_secs(60));
-        assert_eq!(refresh_after(Duration::from_secs(119)), Duration::from_millis(59_500));
-        assert_eq!(refresh_after(Duration::from_secs(2)), Duration::from_secs(1));
+        assert_eq!(
+            refresh_after(Duration::from_secs(3600)),
+            Duration::from_secs(3540)
+        );
+        assert_eq!(
+            refresh_after(Duration::from_secs(120)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            refresh_after(Duration::from_secs(119)),
+            Duration::from_millis(59_500)
+        );
+        assert_eq!(
+            refresh_after(Duration::from_secs(2)),
+            Duration::from_secs(1)
+        );
         assert_eq!(refresh_after(Duration::ZERO), Duration::ZERO);
     }
 }

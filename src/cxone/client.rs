@@ -45,7 +45,12 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("cxone-worker/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let auth = TokenCache::new(http.clone(), &settings.base_url, &settings.client_id, &settings.client_secret);
+        let auth = TokenCache::new(
+            http.clone(),
+            &settings.base_url,
+            &settings.client_id,
+            &settings.client_secret,
+        );
         Ok(Self {
             http,
             base_url: settings.base_url.clone(),
@@ -65,9 +70,13 @@ impl Client {
     /// Executes `action` with `body`. A 429 waits (every caller does) and is not an
     /// attempt; a 401 refreshes the token once; everything else ends the attempt.
     pub async fn execute(&self, action: &str, key: &str, body: Bytes) -> Result<Executed, Failure> {
-        let url = endpoint(&self.base_url, &["api", "v2", "data-actions", action, "execute"]);
+        let url = endpoint(
+            &self.base_url,
+            &["api", "v2", "data-actions", action, "execute"],
+        );
         let started = tokio::time::Instant::now();
         let mut refreshed = false;
+        let mut rate_limited = 0u32;
         loop {
             let token = self.auth.token().await?;
             self.pacer.ready().await;
@@ -88,7 +97,8 @@ impl Client {
                 Err(e) => {
                     let message = transport_message(&e);
                     let in_a_row = self.transport_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                    metrics::counter!(names::EXECUTE_CALLS, "answer" => "transport_error").increment(1);
+                    metrics::counter!(names::EXECUTE_CALLS, "answer" => "transport_error")
+                        .increment(1);
                     if in_a_row >= self.unreachable_after {
                         return Err(Failure::systemic(
                             Systemic::ApiUnreachable,
@@ -102,11 +112,19 @@ impl Client {
                 Answer::Success { execution_id } => {
                     let latency = started.elapsed();
                     metrics::histogram!(names::EXECUTE_LATENCY).record(latency.as_secs_f64());
-                    return Ok(Executed { execution_id, latency });
+                    return Ok(Executed {
+                        execution_id,
+                        latency,
+                    });
                 }
-                Answer::RateLimited(wait) => {
+                Answer::RateLimited(asked) => {
+                    rate_limited += 1;
+                    let wait = asked.max(rate_limit_floor(rate_limited));
                     metrics::counter!(names::RATE_LIMITED).increment(1);
-                    tracing::info!(wait_ms = wait.as_millis() as u64, "API rate limit: every call waits");
+                    tracing::info!(
+                        wait_ms = wait.as_millis() as u64,
+                        "API rate limit: every call waits"
+                    );
                     self.pacer.pause_for(wait);
                 }
                 Answer::Unauthorized if !refreshed => {
@@ -121,10 +139,16 @@ impl Client {
                 }
                 Answer::Retryable(message) => return Err(Failure::retryable(message)),
                 Answer::Forbidden { excerpt } => {
-                    return Err(Failure::permanent(ErrorKind::Forbidden, format!("API answered 403: {excerpt}")));
+                    return Err(Failure::permanent(
+                        ErrorKind::Forbidden,
+                        format!("API answered 403: {excerpt}"),
+                    ));
                 }
                 Answer::Rejected { status, excerpt } => {
-                    return Err(Failure::permanent(ErrorKind::Rejected, format!("API answered {status}: {excerpt}")));
+                    return Err(Failure::permanent(
+                        ErrorKind::Rejected,
+                        format!("API answered {status}: {excerpt}"),
+                    ));
                 }
             }
         }
@@ -133,11 +157,15 @@ impl Client {
     /// Asks the token endpoint for a new token: the probe of a paused worker, which
     /// tells both whether the API answers and whether it takes our credentials.
     pub async fn probe(&self) -> Result<(), Failure> {
-        if let Some(generation) = self.auth.cached_generation() {
-            self.auth.invalidate(generation);
-        }
-        self.auth.token().await.map(|_| ())
+        self.auth.refresh().await.map(|_| ())
     }
+}
+
+/// The least a call waits after its `n`th 429 in a row, whatever `Retry-After`
+/// says: a `Retry-After` of 0 or in the past must not turn into a busy loop.
+fn rate_limit_floor(n: u32) -> Duration {
+    let floor = Duration::from_millis(250).saturating_mul(1 << n.saturating_sub(1).min(7));
+    floor.min(Duration::from_secs(30))
 }
 
 async fn read_answer(mut response: reqwest::Response) -> Answer {
@@ -168,5 +196,16 @@ fn status_class(status: u16) -> &'static str {
         429 => "429",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floor_doubles_up_to_thirty_seconds() {
+        let ms: Vec<u128> = (1..=9).map(|n| rate_limit_floor(n).as_millis()).collect();
+        assert_eq!(ms, [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
     }
 }

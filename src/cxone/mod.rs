@@ -39,11 +39,17 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8], now: System
         200..=299 => Answer::Success {
             execution_id: execution_id(body),
         },
-        429 => Answer::RateLimited(retry_after.and_then(|v| parse_retry_after(v, now)).unwrap_or(DEFAULT_RETRY_AFTER)),
+        429 => Answer::RateLimited(
+            retry_after
+                .and_then(|v| parse_retry_after(v, now))
+                .unwrap_or(DEFAULT_RETRY_AFTER),
+        ),
         401 => Answer::Unauthorized,
         408 => Answer::Retryable("API answered 408 Request Timeout".into()),
         500..=599 => Answer::Retryable(format!("API answered {status}: {}", excerpt(body))),
-        403 => Answer::Forbidden { excerpt: excerpt(body) },
+        403 => Answer::Forbidden {
+            excerpt: excerpt(body),
+        },
         _ => Answer::Rejected {
             status,
             excerpt: excerpt(body),
@@ -57,7 +63,10 @@ fn execution_id(body: &[u8]) -> Option<String> {
         #[serde(rename = "executionId")]
         execution_id: Option<serde_json::Value>,
     }
-    match serde_json::from_slice::<Accepted>(body).ok()?.execution_id? {
+    match serde_json::from_slice::<Accepted>(body)
+        .ok()?
+        .execution_id?
+    {
         serde_json::Value::String(s) => Some(s),
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
@@ -149,7 +158,9 @@ mod tests {
         let c = |status, body: &[u8]| classify(status, None, body, now());
         assert_eq!(
             c(202, br#"{"executionId":"exec-1","status":"queued"}"#),
-            Answer::Success { execution_id: Some("exec-1".into()) }
+            Answer::Success {
+                execution_id: Some("exec-1".into())
+            }
         );
         assert_eq!(c(200, b"not json"), Answer::Success { execution_id: None });
         assert_eq!(c(204, b""), Answer::Success { execution_id: None });
@@ -157,11 +168,22 @@ mod tests {
         assert_eq!(c(429, b""), Answer::RateLimited(Duration::from_secs(1)));
         assert!(matches!(c(408, b""), Answer::Retryable(_)));
         for s in [500, 502, 503, 504, 599] {
-            assert!(matches!(c(s, b"down"), Answer::Retryable(m) if m.contains(&s.to_string())), "{s}");
+            assert!(
+                matches!(c(s, b"down"), Answer::Retryable(m) if m.contains(&s.to_string())),
+                "{s}"
+            );
         }
-        assert_eq!(c(403, b"{\"error\":\"no\"}"), Answer::Forbidden { excerpt: "{\"error\":\"no\"}".into() });
+        assert_eq!(
+            c(403, b"{\"error\":\"no\"}"),
+            Answer::Forbidden {
+                excerpt: "{\"error\":\"no\"}".into()
+            }
+        );
         for s in [400, 404, 409, 413, 422, 451] {
-            assert!(matches!(c(s, b"bad"), Answer::Rejected { status, excerpt } if status == s && excerpt == "bad"), "{s}");
+            assert!(
+                matches!(c(s, b"bad"), Answer::Rejected { status, excerpt } if status == s && excerpt == "bad"),
+                "{s}"
+            );
         }
         assert!(matches!(c(302, b""), Answer::Rejected { status: 302, .. }));
     }

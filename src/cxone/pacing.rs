@@ -90,7 +90,10 @@ mod tests {
         times.sort();
         for pair in times.windows(2) {
             let gap = pair[1] - pair[0];
-            assert!(gap >= Duration::from_millis(90), "calls {gap:?} apart at 600/min");
+            assert!(
+                gap >= Duration::from_millis(90),
+                "calls {gap:?} apart at 600/min"
+            );
         }
         assert!(start.elapsed() >= Duration::from_millis(450));
     }
@@ -106,7 +109,11 @@ mod tests {
         });
         pacer.ready().await;
         a.await.unwrap();
-        assert!(start.elapsed() >= Duration::from_millis(290), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_millis(290),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[tokio::test]

@@ -47,9 +47,15 @@ impl Sources {
     }
 
     pub async fn open(&self, reference: &str) -> Result<Opened, Failure> {
-        if reference.starts_with("file://") || (reference.starts_with('/') && matches!(self.roots, Roots::Any)) {
-            let (reference, roots, max) = (reference.to_owned(), self.roots.clone(), self.max_bytes);
-            return blocking(move || file::open(&reference, &roots, max).map(|f| Opened(Inner::File(f)))).await;
+        if reference.starts_with("file://")
+            || (reference.starts_with('/') && matches!(self.roots, Roots::Any))
+        {
+            let (reference, roots, max) =
+                (reference.to_owned(), self.roots.clone(), self.max_bytes);
+            return blocking(move || {
+                file::open(&reference, &roots, max).map(|f| Opened(Inner::File(f)))
+            })
+            .await;
         }
         let scheme = reference.split("://").next().unwrap_or(reference);
         Err(Failure::permanent(

@@ -1,0 +1,500 @@
+//! A worker under test: the real binary, the in-process simulator, a real RabbitMQ,
+//! a random queue prefix and a temporary directory, all torn down at the end.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cxone_worker::sim::{SimConfig, SimHandle, spawn};
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde_json::Value;
+
+pub const SECRET: &str = "harness-secret";
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A result read from `P.results`.
+pub struct Got {
+    pub routing_key: String,
+    pub properties: BasicProperties,
+    pub body: Value,
+}
+
+pub struct Worker {
+    pub prefix: String,
+    pub dir: tempfile::TempDir,
+    pub sim: SimHandle,
+    pub sim_config: SimConfig,
+    /// The port the worker calls: the simulator comes back on it after a restart.
+    api_port: u16,
+    pub env: HashMap<String, String>,
+    pub admin: String,
+    pub conn: Connection,
+    pub channel: Channel,
+    child: Option<Child>,
+    log: PathBuf,
+    runs: usize,
+}
+
+impl Worker {
+    /// A simulator with `sim` knobs and a worker environment with `env` overrides;
+    /// the worker is not started yet.
+    pub async fn new(sim: SimConfig, env: &[(&str, &str)]) -> Self {
+        let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("in")).unwrap();
+        let sim_config = SimConfig {
+            client_id: "harness".into(),
+            client_secret: SECRET.into(),
+            ..sim
+        };
+        let sim = spawn(sim_config.clone()).await.expect("simulator starts");
+        let admin = format!("127.0.0.1:{}", free_port());
+        let mut vars: HashMap<String, String> = [
+            ("AMQP_URL", amqp_url()),
+            ("CXONE_QUEUE_PREFIX", prefix.clone()),
+            ("CXONE_API_URL", sim.url()),
+            ("CXONE_CLIENT_ID", "harness".into()),
+            ("CXONE_CLIENT_SECRET", SECRET.into()),
+            ("CXONE_DATA_ACTION_ID", "harness-action".into()),
+            ("FILE_ROOTS", dir.path().join("in").display().to_string()),
+            (
+                "EXTERNAL_STORAGE_ENDPOINT",
+                format!("file://{}/sync", dir.path().display()),
+            ),
+            ("WORKER_CONCURRENCY", "8".into()),
+            ("MAX_ATTEMPTS", "4".into()),
+            ("RETRY_DELAYS", "200ms,400ms".into()),
+            ("SHUTDOWN_GRACE", "20s".into()),
+            ("ADMIN_ADDR", admin.clone()),
+            ("RUST_LOG", "info".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        for (k, v) in env {
+            vars.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("RabbitMQ must run at {} for these tests: {e}", amqp_url()));
+        let channel = confirm_channel(&conn).await;
+        let log = dir.path().join("worker.log");
+        let api_port = sim.addr().port();
+        Self {
+            prefix,
+            dir,
+            sim,
+            sim_config,
+            api_port,
+            env: vars,
+            admin,
+            conn,
+            channel,
+            child: None,
+            log,
+            runs: 0,
+        }
+    }
+
+    /// Starts the worker and waits until it consumes (`/readyz` answers 200).
+    pub async fn start(&mut self) {
+        self.spawn();
+        self.wait_ready(Duration::from_secs(30)).await;
+    }
+
+    /// Starts the worker without waiting for it to be ready.
+    pub fn spawn(&mut self) {
+        self.runs += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cxone-worker"))
+            .arg("run")
+            .env_clear()
+            .envs(&self.env)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("worker binary starts");
+        self.child = Some(child);
+    }
+
+    pub async fn ready_status(&self) -> Option<u16> {
+        let url = format!("http://{}/readyz", self.admin);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        client
+            .get(url)
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    }
+
+    pub async fn wait_ready(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            self.assert_alive();
+            if self.ready_status().await == Some(200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker not ready within {within:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `/readyz` answers `status` (None = unreachable).
+    pub async fn wait_readyz(&mut self, status: u16, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.ready_status().await != Some(status) {
+            self.assert_alive();
+            assert!(
+                Instant::now() < deadline,
+                "/readyz never answered {status}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn assert_alive(&mut self) {
+        if let Some(child) = &mut self.child
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!("worker exited with {status}:\n{}", self.logs());
+        }
+    }
+
+    /// SIGTERM, then the exit code (panics if it takes longer than `within`).
+    pub fn stop(&mut self, within: Duration) -> (i32, Duration) {
+        let mut child = self.child.take().expect("a running worker");
+        let start = Instant::now();
+        signal(&child, "TERM");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status.code().unwrap_or(-1), start.elapsed());
+            }
+            if start.elapsed() > within {
+                let _ = child.kill();
+                panic!(
+                    "worker did not exit within {within:?} of SIGTERM:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("in")
+    }
+
+    pub fn file(&self, name: &str, content: &[u8]) -> String {
+        let path = self.root().join(name);
+        std::fs::write(&path, content).unwrap();
+        format!("file://{}", path.display())
+    }
+
+    pub fn q(&self, name: &str) -> String {
+        format!("{}.{name}", self.prefix)
+    }
+
+    pub async fn publish(&self, job: &Value) {
+        self.publish_raw(serde_json::to_vec(job).unwrap(), BasicProperties::default())
+            .await;
+    }
+
+    pub async fn publish_raw(&self, body: Vec<u8>, properties: BasicProperties) {
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                self.q("jobs").into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &body,
+                properties.with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(
+            confirm.is_ack() && confirm.take_message().is_none(),
+            "job not routed"
+        );
+    }
+
+    /// Reads up to `n` messages from `P.{queue}` within `within`.
+    pub async fn drain(
+        &self,
+        queue: &str,
+        n: usize,
+        within: Duration,
+    ) -> Vec<lapin::message::BasicGetMessage> {
+        let deadline = Instant::now() + within;
+        let mut out = Vec::new();
+        while out.len() < n && Instant::now() < deadline {
+            let got = self
+                .channel
+                .basic_get(self.q(queue).into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap();
+            match got {
+                Some(m) => out.push(m),
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        out
+    }
+
+    /// Waits for `n` results; panics with the worker's logs when they do not come.
+    pub async fn results(&mut self, n: usize, within: Duration) -> Vec<Got> {
+        let got = self.drain("results", n, within).await;
+        assert!(
+            got.len() >= n,
+            "{} of {n} results within {within:?}:\n{}",
+            got.len(),
+            self.logs()
+        );
+        got.into_iter()
+            .map(|m| Got {
+                routing_key: m.delivery.routing_key.to_string(),
+                properties: m.delivery.properties.clone(),
+                body: serde_json::from_slice(&m.delivery.data).unwrap(),
+            })
+            .collect()
+    }
+
+    pub async fn depth(&self, queue: &str) -> u32 {
+        let ch = self.conn.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                self.q(queue).into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let _ = ch.close(200, "".into()).await;
+        q.message_count()
+    }
+
+    pub async fn consumers(&self, queue: &str) -> u32 {
+        let ch = self.conn.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                self.q(queue).into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let _ = ch.close(200, "".into()).await;
+        q.consumer_count()
+    }
+
+    pub async fn stats(&self) -> Value {
+        reqwest::get(format!("{}/__stats?keys=1", self.sim.url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Replaces the simulator with one on the same port (another secret, say).
+    pub async fn restart_sim(&mut self, config: SimConfig) {
+        let config = SimConfig {
+            port: self.api_port,
+            ..config
+        };
+        // Dropping the handle stops the old server; the new one binds once the port is free.
+        let placeholder = spawn(SimConfig::default()).await.unwrap();
+        drop(std::mem::replace(&mut self.sim, placeholder));
+        self.sim = spawn_retrying(config.clone()).await;
+        self.sim_config = config;
+    }
+
+    /// Stops the simulator; the API becomes unreachable.
+    pub async fn stop_sim(&mut self) {
+        let placeholder = spawn(SimConfig::default()).await.unwrap();
+        drop(std::mem::replace(&mut self.sim, placeholder));
+    }
+
+    /// Waits until the worker declared its topology (the jobs queue exists).
+    pub async fn wait_topology(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.assert_alive();
+            let ch = self.conn.create_channel().await.unwrap();
+            let declared = ch
+                .queue_declare(
+                    self.q("jobs").into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            if declared.is_ok() {
+                let _ = ch.close(200, "".into()).await;
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no topology within 30 s:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+async fn spawn_retrying(config: SimConfig) -> SimHandle {
+    for _ in 0..50 {
+        if let Ok(h) = spawn(config.clone()).await {
+            return h;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the simulator could not bind port {}", config.port);
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+        let prefix = self.prefix.clone();
+        let delays = [
+            "200ms", "400ms", "1s", "2s", "5s", "30s", "2m", "10m", "300ms", "100ms",
+        ];
+        let conn = &self.conn;
+        // Best effort: remove this test's queues and exchanges.
+        let cleanup = async {
+            let ch = conn.create_channel().await?;
+            let mut queues: Vec<String> = ["jobs", "results", "audit", "jobs.dlq"]
+                .iter()
+                .map(|q| format!("{prefix}.{q}"))
+                .collect();
+            queues.extend(delays.iter().map(|d| format!("{prefix}.retry.{d}")));
+            for q in queues {
+                let ch = conn.create_channel().await?;
+                let _ = ch
+                    .queue_delete(q.into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            for x in ["jobs", "results", "audit", "dlx"] {
+                let _ = ch
+                    .exchange_delete(
+                        format!("{prefix}.{x}").into(),
+                        ExchangeDeleteOptions::default(),
+                    )
+                    .await;
+            }
+            Ok::<(), lapin::Error>(())
+        };
+        let _ = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(cleanup));
+    }
+}
+
+pub async fn confirm_channel(conn: &Connection) -> Channel {
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    ch
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A job for `file` with an explicit id.
+pub fn job(id: &str, file: &str) -> Value {
+    serde_json::json!({"job_id": id, "file": file})
+}
+
+pub fn pdf(n: usize) -> Vec<u8> {
+    let mut v = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n".to_vec();
+    v.extend((0..n).map(|i| (i * 31 % 251) as u8));
+    v
+}
+
+/// Closes the broker connection of the worker with this prefix, as an operator would.
+pub fn close_worker_connection(prefix: &str) -> bool {
+    let out = Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let wanted = format!("cxone-worker run ({prefix})");
+    let Some(line) = text.lines().find(|l| l.contains(&wanted)) else {
+        return false;
+    };
+    let pid = line.split('\t').next().unwrap_or("").trim().to_owned();
+    Command::new("rabbitmqctl")
+        .args(["close_connection", &pid, "closed by a test"])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}

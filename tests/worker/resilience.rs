@@ -1,0 +1,252 @@
+//! Failures that are not the jobs' fault: refused credentials, an unreachable API, a
+//! lost broker connection, shutdown and crashes. Nothing is dead-lettered, nothing lost.
+
+use std::time::Duration;
+
+use cxone_worker::sim::SimConfig;
+use serde_json::json;
+
+use super::harness::{SECRET, Worker, close_worker_connection, job, pdf};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_credentials_pause_and_resume_by_themselves() {
+    let wrong = SimConfig {
+        client_secret: "another-secret".into(),
+        ..SimConfig::default()
+    };
+    let mut w = Worker::new(SimConfig::default(), &[]).await;
+    w.restart_sim(SimConfig {
+        client_id: "harness".into(),
+        ..wrong
+    })
+    .await;
+    w.spawn();
+    w.wait_topology().await;
+    // Not ready: the worker consumes, meets the refusal, pauses.
+    for i in 0..6 {
+        w.publish(&job(
+            &format!("cred-{i}"),
+            &w.file(&format!("{i}.pdf"), &pdf(10)),
+        ))
+        .await;
+    }
+    w.wait_readyz(503, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        w.ready_status().await,
+        Some(503),
+        "/readyz must say not ready while paused"
+    );
+    assert_eq!(
+        w.depth("jobs.dlq").await,
+        0,
+        "refused credentials must not dead-letter jobs"
+    );
+    assert!(
+        w.drain("results", 1, Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
+    assert_eq!(w.depth("jobs").await, 6, "every job is handed back");
+    assert_eq!(
+        w.consumers("jobs").await,
+        0,
+        "a paused worker does not consume"
+    );
+    assert!(
+        w.metrics()
+            .await
+            .contains(r#"cxone_paused{reason="credentials_refused"} 1"#)
+    );
+
+    // The credentials are accepted again: the worker resumes without a restart.
+    w.restart_sim(SimConfig {
+        client_id: "harness".into(),
+        client_secret: SECRET.into(),
+        ..SimConfig::default()
+    })
+    .await;
+    let got = w.results(6, Duration::from_secs(60)).await;
+    assert!(got.iter().all(|g| g.routing_key == "job.succeeded"));
+    assert_eq!(w.ready_status().await, Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_api_pauses_instead_of_spending_attempts() {
+    let mut w = Worker::new(
+        SimConfig::default(),
+        &[("CXONE_UNREACHABLE_AFTER", "2"), ("MAX_ATTEMPTS", "2")],
+    )
+    .await;
+    w.start().await;
+    w.publish(&job("warm", &w.file("w.pdf", &pdf(10)))).await;
+    w.results(1, Duration::from_secs(10)).await;
+    let config = w.sim_config.clone();
+    w.stop_sim().await;
+    for i in 0..6 {
+        w.publish(&job(
+            &format!("down-{i}"),
+            &w.file(&format!("{i}.pdf"), &pdf(10)),
+        ))
+        .await;
+    }
+    w.wait_readyz(503, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        w.depth("jobs.dlq").await,
+        0,
+        "an outage must not exhaust the backlog"
+    );
+    w.restart_sim(config).await;
+    let got = w.results(6, Duration::from_secs(90)).await;
+    assert!(
+        got.iter().all(|g| g.routing_key == "job.succeeded"),
+        "every job succeeds once the API is back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_connection_is_rebuilt_without_a_restart() {
+    let mut w = Worker::new(SimConfig::default(), &[]).await;
+    w.start().await;
+    w.publish(&job("before", &w.file("b.pdf", &pdf(10)))).await;
+    w.results(1, Duration::from_secs(10)).await;
+    assert!(
+        close_worker_connection(&w.prefix),
+        "the worker's connection was not found"
+    );
+    // Jobs published while the worker reconnects are consumed once it is back.
+    for i in 0..5 {
+        w.publish(&job(
+            &format!("after-{i}"),
+            &w.file(&format!("{i}.pdf"), &pdf(10)),
+        ))
+        .await;
+    }
+    let got = w.results(5, Duration::from_secs(60)).await;
+    assert!(got.iter().all(|g| g.routing_key == "job.succeeded"));
+    w.wait_ready(Duration::from_secs(10)).await;
+    assert_eq!(
+        w.consumers("jobs").await,
+        1,
+        "exactly one consumer after the reconnection"
+    );
+    assert!(w.logs().contains("reconnecting"), "the loss is logged");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_lets_jobs_in_flight_finish() {
+    let mut w = Worker::new(
+        SimConfig {
+            latency_ms: 1500,
+            ..SimConfig::default()
+        },
+        &[],
+    )
+    .await;
+    w.start().await;
+    for i in 0..6 {
+        w.publish(&job(
+            &format!("g-{i}"),
+            &w.file(&format!("{i}.pdf"), &pdf(10)),
+        ))
+        .await;
+    }
+    while w.stats().await["in_flight"].as_u64() == Some(0) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, took) = w.stop(Duration::from_secs(25));
+    assert_eq!(code, 0, "{}", w.logs());
+    assert!(took < Duration::from_secs(20), "shutdown took {took:?}");
+    let got = w.results(6, Duration::from_secs(5)).await;
+    assert!(got.iter().all(|g| g.routing_key == "job.succeeded"));
+    assert!(
+        w.logs().contains("successful_encodings"),
+        "the summary is logged at shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_still_running_after_the_grace_period_are_handed_back() {
+    let mut w = Worker::new(
+        SimConfig {
+            latency_ms: 10_000,
+            ..SimConfig::default()
+        },
+        &[("SHUTDOWN_GRACE", "1s")],
+    )
+    .await;
+    w.start().await;
+    for i in 0..4 {
+        w.publish(&job(
+            &format!("h-{i}"),
+            &w.file(&format!("{i}.pdf"), &pdf(10)),
+        ))
+        .await;
+    }
+    while w.stats().await["in_flight"].as_u64() < Some(4) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, took) = w.stop(Duration::from_secs(15));
+    assert_eq!(code, 0);
+    assert!(
+        took < Duration::from_secs(5),
+        "the grace period is 1 s, shutdown took {took:?}"
+    );
+    assert_eq!(
+        w.depth("jobs").await,
+        4,
+        "every unfinished job is back in the queue"
+    );
+    assert!(
+        w.drain("results", 1, Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_loses_nothing_and_executes_under_one_key() {
+    let mut w = Worker::new(
+        SimConfig {
+            latency_ms: 20,
+            ..SimConfig::default()
+        },
+        &[],
+    )
+    .await;
+    w.start().await;
+    let n = 60;
+    for i in 0..n {
+        w.publish(&job(
+            &format!("crash-{i}"),
+            &w.file(&format!("{i}.pdf"), &pdf(100)),
+        ))
+        .await;
+    }
+    let mut ids: std::collections::HashSet<String> = w
+        .results(10, Duration::from_secs(20))
+        .await
+        .into_iter()
+        .map(|g| g.body["job_id"].as_str().unwrap().to_owned())
+        .collect();
+    w.kill();
+    w.start().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while ids.len() < n && std::time::Instant::now() < deadline {
+        for m in w.drain("results", 1000, Duration::from_secs(1)).await {
+            let v: serde_json::Value = serde_json::from_slice(&m.delivery.data).unwrap();
+            ids.insert(v["job_id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(ids.len(), n, "{} jobs never got a result", n - ids.len());
+    let stats = w.stats().await;
+    let keys = stats["keys"].as_object().unwrap();
+    assert_eq!(keys.len(), n, "one key per job at the API");
+    assert!(
+        keys.keys().all(|k| k.starts_with("crash-")),
+        "{}",
+        json!(keys.keys().collect::<Vec<_>>())
+    );
+    assert_eq!(w.depth("jobs.dlq").await, 0);
+}
