@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite: unit and integration tests against a real RabbitMQ and real
+# S3/Azure/HTTPS servers, the contract's conformance suite against the release
+# binary, clippy and rustfmt. Installs and starts what it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/ensure-rabbitmq.sh
+if ! python3 -c 'import pika' 2>/dev/null; then
+  python3 -m pip install --quiet pika
+fi
+if [ -x scripts/test-servers.sh ]; then
+  scripts/test-servers.sh
+fi
+
+cargo test --all-targets
+cargo build --release
+python3 ../shared/conformance/run.py --worker target/release/cxone-worker
+cargo clippy --all-targets -- -D warnings
+cargo fmt --check
+echo "all checks passed"
