@@ -68,6 +68,42 @@ impl WorkerConfig {
         }
     }
 
+    /// Turns a failure into the job's outcome: retry below `MAX_ATTEMPTS`, else
+    /// `exhausted`; permanent failures end at once; systemic ones hand the job back.
+    pub fn decide(&self, report: &Report, failure: Failure) -> Outcome {
+        let max = self.max_attempts;
+        match failure {
+            Failure::Permanent { kind, message } => Outcome::Failed {
+                kind,
+                error: message,
+            },
+            Failure::Systemic { cause, message } => Outcome::HandBack {
+                cause,
+                error: message,
+            },
+            Failure::Retryable { message } => {
+                // A failed storage write after a successful execution counts its own
+                // tries: the job is not executed again.
+                let tries = if report.execution_id.is_some() {
+                    report.sync_failures
+                } else {
+                    report.attempts
+                };
+                if tries >= max {
+                    Outcome::Failed {
+                        kind: ErrorKind::Exhausted,
+                        error: format!("{message} (after {tries} attempts)"),
+                    }
+                } else {
+                    Outcome::Retry {
+                        delay: self.delay_after(tries.max(1)),
+                        error: message,
+                    }
+                }
+            }
+        }
+    }
+
     /// The wait before attempt `attempts + 1`; the last delay repeats.
     pub fn delay_after(&self, attempts: u32) -> Duration {
         let i = (attempts.max(1) - 1) as usize;
@@ -165,7 +201,7 @@ impl Worker {
             if before_execution && matches!(failure, Failure::Retryable { .. }) {
                 report.attempts += 1;
             }
-            report.outcome = self.decide(&report, failure);
+            report.outcome = self.config.decide(&report, failure);
         }
         self.count(&report);
         span.in_scope(|| log(&report));
@@ -269,42 +305,6 @@ impl Worker {
         .unwrap_or_else(|e| Err(Failure::retryable(format!("encoding task failed: {e}"))))
     }
 
-    /// Turns a failure into the job's outcome: retry below `MAX_ATTEMPTS`, else
-    /// `exhausted`; permanent failures end at once; systemic ones hand the job back.
-    fn decide(&self, report: &Report, failure: Failure) -> Outcome {
-        let max = self.config.max_attempts;
-        match failure {
-            Failure::Permanent { kind, message } => Outcome::Failed {
-                kind,
-                error: message,
-            },
-            Failure::Systemic { cause, message } => Outcome::HandBack {
-                cause,
-                error: message,
-            },
-            Failure::Retryable { message } => {
-                // A failed storage write after a successful execution counts its own
-                // tries: the job is not executed again.
-                let tries = if report.execution_id.is_some() {
-                    report.sync_failures
-                } else {
-                    report.attempts
-                };
-                if tries >= max {
-                    Outcome::Failed {
-                        kind: ErrorKind::Exhausted,
-                        error: format!("{message} (after {tries} attempts)"),
-                    }
-                } else {
-                    Outcome::Retry {
-                        delay: self.config.delay_after(tries.max(1)),
-                        error: message,
-                    }
-                }
-            }
-        }
-    }
-
     fn count(&self, report: &Report) {
         let (outcome, kind) = match &report.outcome {
             Outcome::Succeeded => {
@@ -350,16 +350,103 @@ fn log(report: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::Systemic;
+
+    fn config(max_attempts: u32) -> WorkerConfig {
+        WorkerConfig {
+            allowed_types: vec![],
+            default_action: None,
+            max_attempts,
+            retry_delays: vec![Duration::from_secs(5), Duration::from_secs(30)],
+        }
+    }
+
+    fn report(attempts: u32, execution_id: Option<&str>, sync_failures: u32) -> Report {
+        let mut r = Report::new("j".into(), "j".into(), attempts);
+        r.execution_id = execution_id.map(str::to_owned);
+        r.sync_failures = sync_failures;
+        r
+    }
 
     #[test]
     fn the_last_delay_repeats() {
-        let config = WorkerConfig {
-            allowed_types: vec![],
-            default_action: None,
-            max_attempts: 9,
-            retry_delays: vec![Duration::from_secs(5), Duration::from_secs(30)],
-        };
+        let config = config(9);
         let secs: Vec<u64> = (1..=4).map(|a| config.delay_after(a).as_secs()).collect();
         assert_eq!(secs, [5, 30, 30, 30]);
+    }
+
+    #[test]
+    fn retryable_failures_retry_until_max_attempts_then_exhaust() {
+        let c = config(3);
+        let retry = |attempts| c.decide(&report(attempts, None, 0), Failure::retryable("503"));
+        assert_eq!(
+            retry(1),
+            Outcome::Retry {
+                delay: Duration::from_secs(5),
+                error: "503".into()
+            }
+        );
+        assert_eq!(
+            retry(2),
+            Outcome::Retry {
+                delay: Duration::from_secs(30),
+                error: "503".into()
+            }
+        );
+        assert!(
+            matches!(retry(3), Outcome::Failed { kind: ErrorKind::Exhausted, error } if error.contains("after 3 attempts"))
+        );
+    }
+
+    #[test]
+    fn storage_failures_count_their_own_tries() {
+        let c = config(3);
+        // Executed once, storage failed twice: retried without a new execution.
+        let r = c.decide(
+            &report(1, Some("exec-1"), 2),
+            Failure::retryable("storage down"),
+        );
+        assert!(matches!(r, Outcome::Retry { .. }), "{r:?}");
+        let r = c.decide(
+            &report(1, Some("exec-1"), 3),
+            Failure::retryable("storage down"),
+        );
+        assert!(
+            matches!(
+                r,
+                Outcome::Failed {
+                    kind: ErrorKind::Exhausted,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn permanent_and_systemic_failures_ignore_the_count() {
+        let c = config(3);
+        let r = c.decide(
+            &report(0, None, 0),
+            Failure::permanent(ErrorKind::Forbidden, "403"),
+        );
+        assert_eq!(
+            r,
+            Outcome::Failed {
+                kind: ErrorKind::Forbidden,
+                error: "403".into()
+            }
+        );
+        let r = c.decide(
+            &report(9, None, 0),
+            Failure::systemic(Systemic::CredentialsRefused, "401"),
+        );
+        assert_eq!(
+            r,
+            Outcome::HandBack {
+                cause: Systemic::CredentialsRefused,
+                error: "401".into()
+            }
+        );
     }
 }

@@ -223,11 +223,11 @@ impl Session {
             let probe_at = pause.as_ref().map(|p| p.next_probe);
             tokio::select! {
                 () = shutdown.cancelled() => return self.drain(c).await,
-                event = events.next() => {
-                    if let Some(lapin::Event::Error(e)) = event {
-                        return SessionEnd::Lost(chain(&e));
-                    }
-                }
+                event = events.next() => match event {
+                    Some(lapin::Event::Error(e)) => return SessionEnd::Lost(chain(&e)),
+                    None => return SessionEnd::Lost("the connection's events ended".into()),
+                    Some(_) => {}
+                },
                 _ = liveness.tick() => {
                     if !self.connection.status().connected() {
                         return SessionEnd::Lost("the connection closed".into());
