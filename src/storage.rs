@@ -15,6 +15,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config::{Secret, StoragePayload, StorageSettings};
+use crate::source::CloudEnv;
+use crate::source::stores::{self, Cloud};
 use crate::telemetry::names;
 
 /// Longest object name kept readable; longer ones are cut and suffixed with a hash.
@@ -28,8 +30,15 @@ pub struct StorageError {
 }
 
 enum Target {
-    Objects { store: Arc<dyn ObjectStore>, prefix: ObjectPath },
-    Http { client: reqwest::Client, base: url::Url, token: Option<Secret<String>> },
+    Objects {
+        store: Arc<dyn ObjectStore>,
+        prefix: ObjectPath,
+    },
+    Http {
+        client: reqwest::Client,
+        base: url::Url,
+        token: Option<Secret<String>>,
+    },
 }
 
 pub struct Storage {
@@ -73,17 +82,26 @@ struct Tail<'a> {
 }
 
 impl Storage {
-    /// Connects to the endpoint; a local directory is created if missing.
+    /// Connects to the endpoint; a local directory is created if missing. Object
+    /// stores are configured from the process environment (`AWS_*`, `AZURE_*`, …).
     pub fn new(settings: &StorageSettings) -> anyhow::Result<Self> {
+        Self::with_cloud_env(settings, &CloudEnv::from_process())
+    }
+
+    /// As [`Storage::new`], object stores configured from `env` instead.
+    pub fn with_cloud_env(settings: &StorageSettings, env: &CloudEnv) -> anyhow::Result<Self> {
         let url = url::Url::parse(&settings.endpoint)?;
         let target = match url.scheme() {
             "file" => {
-                let dir = url
-                    .to_file_path()
-                    .map_err(|()| anyhow::anyhow!("EXTERNAL_STORAGE_ENDPOINT: {url} is not a local path"))?;
+                let dir = url.to_file_path().map_err(|()| {
+                    anyhow::anyhow!("EXTERNAL_STORAGE_ENDPOINT: {url} is not a local path")
+                })?;
                 std::fs::create_dir_all(&dir)?;
                 let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)?;
-                Target::Objects { store: Arc::new(store), prefix: ObjectPath::default() }
+                Target::Objects {
+                    store: Arc::new(store),
+                    prefix: ObjectPath::default(),
+                }
             }
             "http" | "https" => Target::Http {
                 client: reqwest::Client::builder()
@@ -94,17 +112,29 @@ impl Storage {
                 base: url,
                 token: settings.token.clone(),
             },
-            _ => {
-                // s3://, az://, gs://: credentials and endpoints from each cloud's
-                // usual environment (AWS_*, AZURE_*, GOOGLE_*).
-                let options = std::env::vars().map(|(k, v)| (k.to_ascii_lowercase(), v));
-                let (store, prefix) = object_store::parse_url_opts(&url, options)?;
-                Target::Objects { store: Arc::from(store), prefix }
+            scheme => {
+                // s3://bucket/prefix, az://container/prefix, gs://bucket/prefix.
+                let cloud = Cloud::from_scheme(scheme).ok_or_else(|| {
+                    anyhow::anyhow!("EXTERNAL_STORAGE_ENDPOINT: {scheme}:// is not supported")
+                })?;
+                let bucket = url.host_str().unwrap_or_default();
+                let store = stores::build(cloud, bucket, env)?;
+                Target::Objects {
+                    store,
+                    prefix: ObjectPath::from_url_path(url.path())?,
+                }
             }
+        };
+        // Results carry the record's URI: never the userinfo or query of an http(s) endpoint.
+        let endpoint = match &target {
+            Target::Http { base, .. } => crate::source::shown_url(base)
+                .trim_end_matches('/')
+                .to_owned(),
+            Target::Objects { .. } => settings.endpoint.clone(),
         };
         Ok(Self {
             target,
-            endpoint: settings.endpoint.clone(),
+            endpoint,
             payload: settings.payload,
             backoff: ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(200))
@@ -127,7 +157,8 @@ impl Storage {
     pub async fn write(&self, record: &Record<'_>) -> Result<(), StorageError> {
         let name = object_name(record.job_id);
         if let (StoragePayload::Raw, Some(raw)) = (self.payload, &record.raw) {
-            self.put_retrying(&format!("{name}.bin"), vec![raw.clone()]).await?;
+            self.put_retrying(&format!("{name}.bin"), vec![raw.clone()])
+                .await?;
         }
         let chunks = self.record_chunks(record);
         self.put_retrying(&format!("{name}.json"), chunks).await
@@ -178,7 +209,10 @@ impl Storage {
     }
 
     async fn put(&self, name: &str, chunks: Vec<Bytes>) -> Result<(), StorageError> {
-        let fail = |message: String| StorageError { name: name.to_owned(), message };
+        let fail = |message: String| StorageError {
+            name: name.to_owned(),
+            message,
+        };
         match &self.target {
             Target::Objects { store, prefix } => {
                 let path = prefix.clone().join(name);
@@ -189,7 +223,11 @@ impl Storage {
                     .map(|_| ())
                     .map_err(|e| fail(crate::telemetry::chain(&e)))
             }
-            Target::Http { client, base, token } => {
+            Target::Http {
+                client,
+                base,
+                token,
+            } => {
                 let url = base.join_segment(name);
                 let length: usize = chunks.iter().map(Bytes::len).sum();
                 let body = reqwest::Body::wrap_stream(futures_util::stream::iter(
@@ -203,7 +241,11 @@ impl Storage {
                 if let Some(token) = token {
                     request = request.bearer_auth(token.expose());
                 }
-                let response = request.send().await.map_err(|e| fail(crate::telemetry::chain(&e)))?;
+                let response = request
+                    .send()
+                    .await
+                    // Without the URL: the endpoint may carry a token in its query.
+                    .map_err(|e| fail(crate::telemetry::chain(&e.without_url())))?;
                 let status = response.status();
                 if status.is_success() {
                     Ok(())
@@ -216,7 +258,11 @@ impl Storage {
 }
 
 fn content_type_of(name: &str) -> &'static str {
-    if name.ends_with(".json") { "application/json" } else { "application/octet-stream" }
+    if name.ends_with(".json") {
+        "application/json"
+    } else {
+        "application/octet-stream"
+    }
 }
 
 trait JoinSegment {
@@ -308,8 +354,16 @@ mod tests {
         let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         let mut want = [
-            "request_id", "job_id", "execution_id", "data_action_id", "content_type", "sha256",
-            "original_size", "encoded_data", "metadata", "synced_at",
+            "request_id",
+            "job_id",
+            "execution_id",
+            "data_action_id",
+            "content_type",
+            "sha256",
+            "original_size",
+            "encoded_data",
+            "metadata",
+            "synced_at",
         ];
         want.sort_unstable();
         let mut got = keys.clone();
@@ -320,17 +374,31 @@ mod tests {
         assert!(!dir.path().join("records/job=2F1.bin").exists());
         // A retry overwrites the same object, and leaves no temporary file behind.
         storage.write(&record(b"YWJj")).await.unwrap();
-        assert_eq!(std::fs::read_dir(dir.path().join("records")).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("records"))
+                .unwrap()
+                .count(),
+            1
+        );
     }
 
     #[tokio::test]
     async fn raw_and_none_payloads() {
         let (dir, _) = written(StoragePayload::Raw).await;
-        let v: Value = serde_json::from_slice(&std::fs::read(dir.path().join("records/job=2F1.json")).unwrap()).unwrap();
+        let v: Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join("records/job=2F1.json")).unwrap(),
+        )
+        .unwrap();
         assert!(v.get("encoded_data").is_none());
-        assert_eq!(std::fs::read(dir.path().join("records/job=2F1.bin")).unwrap(), b"abc");
+        assert_eq!(
+            std::fs::read(dir.path().join("records/job=2F1.bin")).unwrap(),
+            b"abc"
+        );
         let (dir, _) = written(StoragePayload::None).await;
-        let v: Value = serde_json::from_slice(&std::fs::read(dir.path().join("records/job=2F1.json")).unwrap()).unwrap();
+        let v: Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join("records/job=2F1.json")).unwrap(),
+        )
+        .unwrap();
         assert!(v.get("encoded_data").is_none() && v["metadata"].is_null());
         assert!(!dir.path().join("records/job=2F1.bin").exists());
     }

@@ -4,6 +4,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 
+use super::{check_size, denied};
 use crate::job::{ErrorKind, Failure};
 
 /// Which local paths may be read. `Any` serves `cxone-worker encode`, where the
@@ -38,23 +39,6 @@ impl OpenedFile {
         check_size(buf.len() as u64, max)?;
         Ok(buf)
     }
-}
-
-fn check_size(size: u64, max: u64) -> Result<(), Failure> {
-    if size == 0 {
-        return Err(Failure::permanent(ErrorKind::EmptyFile, "the file is empty"));
-    }
-    if size > max {
-        return Err(Failure::permanent(
-            ErrorKind::TooLarge,
-            format!("the file has more than the {max} bytes allowed (MAX_PAYLOAD_BYTES)"),
-        ));
-    }
-    Ok(())
-}
-
-fn denied(message: impl Into<String>) -> Failure {
-    Failure::permanent(ErrorKind::FileAccessDenied, message)
 }
 
 fn io_failure(what: &str, e: &io::Error) -> Failure {
@@ -108,7 +92,9 @@ pub(crate) fn open(reference: &str, roots: &Roots, max: u64) -> Result<OpenedFil
 /// whether the file exists, so nothing about the outside is revealed.
 fn confine(path: &Path, roots: &[PathBuf]) -> Result<PathBuf, Failure> {
     if roots.is_empty() {
-        return Err(denied("file:// references are disabled (FILE_ROOTS is empty)"));
+        return Err(denied(
+            "file:// references are disabled (FILE_ROOTS is empty)",
+        ));
     }
     let lexical = normalize(path);
     let (resolved, exists) = resolve_existing_prefix(&lexical);
@@ -149,7 +135,10 @@ fn resolve_existing_prefix(path: &Path) -> (PathBuf, bool) {
         match current.canonicalize() {
             Ok(canonical) => {
                 let exists = missing.is_empty();
-                let full = missing.iter().rev().fold(canonical, |acc, part| acc.join(part));
+                let full = missing
+                    .iter()
+                    .rev()
+                    .fold(canonical, |acc, part| acc.join(part));
                 return (full, exists);
             }
             Err(_) => match (current.file_name().map(ToOwned::to_owned), current.parent()) {
@@ -173,7 +162,9 @@ fn recheck_opened(file: &File, roots: &[PathBuf]) -> Result<(), Failure> {
     if roots.iter().any(|root| real.starts_with(root)) {
         Ok(())
     } else {
-        Err(denied("the file moved outside FILE_ROOTS while being opened"))
+        Err(denied(
+            "the file moved outside FILE_ROOTS while being opened",
+        ))
     }
 }
 
@@ -195,7 +186,11 @@ mod tests {
         std::fs::create_dir(&root).unwrap();
         let outside = base.join("outside.pdf");
         std::fs::write(&outside, b"%PDF-1.4 secret").unwrap();
-        Tree { _dir: dir, root, outside }
+        Tree {
+            _dir: dir,
+            root,
+            outside,
+        }
     }
 
     fn kind_of(r: Result<OpenedFile, Failure>) -> ErrorKind {
@@ -219,7 +214,10 @@ mod tests {
         assert_eq!(opened.read(100).unwrap(), b"%PDF-1.4 hello");
         let dotted = format!("file://{}/./sub/../a.pdf", t.root.display());
         std::fs::create_dir(t.root.join("sub")).unwrap();
-        assert!(open_in(&t, &dotted, 100).is_ok(), ".. that stays inside is fine");
+        assert!(
+            open_in(&t, &dotted, 100).is_ok(),
+            ".. that stays inside is fine"
+        );
     }
 
     #[test]
@@ -239,7 +237,11 @@ mod tests {
             "file://relative/path.pdf".to_string(),
             "file:///etc/passwd".to_string(),
         ] {
-            assert_eq!(kind_of(open_in(&t, &reference, 100)), ErrorKind::FileAccessDenied, "{reference}");
+            assert_eq!(
+                kind_of(open_in(&t, &reference, 100)),
+                ErrorKind::FileAccessDenied,
+                "{reference}"
+            );
         }
     }
 
@@ -255,7 +257,11 @@ mod tests {
     #[test]
     fn no_roots_means_no_file_references() {
         let t = tree();
-        let r = open(&format!("file://{}", t.outside.display()), &Roots::Only(vec![]), 100);
+        let r = open(
+            &format!("file://{}", t.outside.display()),
+            &Roots::Only(vec![]),
+            100,
+        );
         assert_eq!(kind_of(r), ErrorKind::FileAccessDenied);
     }
 
@@ -263,10 +269,19 @@ mod tests {
     fn missing_and_non_regular_files_are_not_found() {
         let t = tree();
         let r = t.root.display();
-        assert_eq!(kind_of(open_in(&t, &format!("file://{r}/missing.pdf"), 100)), ErrorKind::FileNotFound);
-        assert_eq!(kind_of(open_in(&t, &format!("file://{r}/no/such/dir.pdf"), 100)), ErrorKind::FileNotFound);
+        assert_eq!(
+            kind_of(open_in(&t, &format!("file://{r}/missing.pdf"), 100)),
+            ErrorKind::FileNotFound
+        );
+        assert_eq!(
+            kind_of(open_in(&t, &format!("file://{r}/no/such/dir.pdf"), 100)),
+            ErrorKind::FileNotFound
+        );
         std::fs::create_dir(t.root.join("adir")).unwrap();
-        assert_eq!(kind_of(open_in(&t, &format!("file://{r}/adir"), 100)), ErrorKind::FileNotFound);
+        assert_eq!(
+            kind_of(open_in(&t, &format!("file://{r}/adir"), 100)),
+            ErrorKind::FileNotFound
+        );
     }
 
     #[test]
@@ -279,7 +294,10 @@ mod tests {
         };
         assert_eq!(kind_of(open_in(&t, &at(0), 10)), ErrorKind::EmptyFile);
         assert_eq!(open_in(&t, &at(1), 10).unwrap().read(10).unwrap().len(), 1);
-        assert_eq!(open_in(&t, &at(10), 10).unwrap().read(10).unwrap().len(), 10);
+        assert_eq!(
+            open_in(&t, &at(10), 10).unwrap().read(10).unwrap().len(),
+            10
+        );
         assert_eq!(kind_of(open_in(&t, &at(11), 10)), ErrorKind::TooLarge);
     }
 
@@ -303,7 +321,13 @@ mod tests {
         std::fs::write(&p, vec![1u8; 5]).unwrap();
         let opened = open_in(&t, &format!("file://{}", p.display()), 10).unwrap();
         std::fs::write(&p, b"").unwrap();
-        assert!(matches!(opened.read(10), Err(Failure::Permanent { kind: ErrorKind::EmptyFile, .. })));
+        assert!(matches!(
+            opened.read(10),
+            Err(Failure::Permanent {
+                kind: ErrorKind::EmptyFile,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -315,10 +339,19 @@ mod tests {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o000)).unwrap();
         // root reads anything: only check the mapping where permissions apply.
         if File::open(&p).is_err() {
-            assert_eq!(kind_of(open_in(&t, &format!("file://{}", p.display()), 100)), ErrorKind::FileAccessDenied);
+            assert_eq!(
+                kind_of(open_in(&t, &format!("file://{}", p.display()), 100)),
+                ErrorKind::FileAccessDenied
+            );
         } else {
             let e = io::Error::from(io::ErrorKind::PermissionDenied);
-            assert!(matches!(io_failure("x", &e), Failure::Permanent { kind: ErrorKind::FileAccessDenied, .. }));
+            assert!(matches!(
+                io_failure("x", &e),
+                Failure::Permanent {
+                    kind: ErrorKind::FileAccessDenied,
+                    ..
+                }
+            ));
         }
     }
 
