@@ -39,6 +39,7 @@ impl Http {
     pub(crate) fn new(files: &FileSettings) -> Result<Self, ConfigError> {
         let bad = |var: &'static str, message: String| ConfigError { var, message };
         let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("cxone-worker/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(files.http_timeout)
             .read_timeout(files.http_timeout)
             // Redirects are followed by hand, so that each hop meets the allowlist.

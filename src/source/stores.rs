@@ -173,6 +173,11 @@ pub(crate) fn build(
     })
 }
 
+/// Stores kept at most. With `FILE_BUCKETS` empty, jobs choose the bucket names: past
+/// this many, a store is built for the one job and dropped, so that jobs naming
+/// ever new buckets cannot grow the process without bound.
+const MAX_CACHED: usize = 64;
+
 /// The stores built so far, one per (cloud, bucket): connections and credentials
 /// are reused across jobs instead of being set up for each.
 #[derive(Debug)]
@@ -201,7 +206,9 @@ impl Stores {
             return Ok(store.clone());
         }
         let store = build(cloud, bucket, &self.env)?;
-        built.insert((cloud, bucket.to_owned()), store.clone());
+        if built.len() < MAX_CACHED {
+            built.insert((cloud, bucket.to_owned()), store.clone());
+        }
         Ok(store)
     }
 }
@@ -236,6 +243,11 @@ mod tests {
         let a = stores.get(Cloud::S3, "a").unwrap();
         assert!(Arc::ptr_eq(&a, &stores.get(Cloud::S3, "a").unwrap()));
         assert!(!Arc::ptr_eq(&a, &stores.get(Cloud::S3, "b").unwrap()));
+        for i in 0..MAX_CACHED {
+            stores.get(Cloud::S3, &format!("bucket-{i}")).unwrap();
+        }
+        assert_eq!(stores.built.lock().unwrap().len(), MAX_CACHED);
+        assert!(Arc::ptr_eq(&a, &stores.get(Cloud::S3, "a").unwrap()));
     }
 
     #[test]

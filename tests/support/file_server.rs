@@ -236,7 +236,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counting<T> {
 /// | `GET /redirect?to=URL` | 302 to URL |
 /// | `GET /status/{code}` | that status |
 /// | `* /fail/{code}/{*rest}` | that status, whatever the method (an object store's endpoint that fails) |
-/// | `GET /stall` | nothing for a minute |
+/// | `GET /stall`, `* /stall/{*rest}` | nothing for a minute |
 /// | `PUT /put/{*path}` | recorded, 201 |
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -247,6 +247,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/status/{code}", get(status))
         .route("/fail/{code}/{*rest}", axum::routing::any(fail))
         .route("/stall", get(stall))
+        .route("/stall/{*rest}", axum::routing::any(stall))
         .route("/put/{*path}", axum::routing::put(record_put))
         .with_state(shared)
 }

@@ -192,32 +192,39 @@ pub fn azurite() -> &'static External {
 
 /// The variables that point the AWS builders at `server`.
 pub fn s3_env(server: &External) -> Vec<(String, String)> {
+    s3_env_at(&server.url())
+}
+
+/// The variables that point the AWS builders at an endpoint URL.
+pub fn s3_env_at(endpoint: &str) -> Vec<(String, String)> {
     [
-        ("AWS_ENDPOINT_URL", server.url()),
-        ("AWS_ALLOW_HTTP", "true".into()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ACCESS_KEY_ID", AWS_KEY.into()),
-        ("AWS_SECRET_ACCESS_KEY", AWS_KEY.into()),
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", AWS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", AWS_KEY),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect()
 }
 
 /// The variables that point the Azure builders at Azurite by account, key and
 /// endpoint (what an operator with a real account sets, but for the endpoint).
 pub fn azure_env(server: &External) -> Vec<(String, String)> {
+    azure_env_at(&format!("{}/{AZURE_ACCOUNT}", server.url()))
+}
+
+/// The same, for the account's endpoint URL.
+pub fn azure_env_at(endpoint: &str) -> Vec<(String, String)> {
     [
-        ("AZURE_STORAGE_ACCOUNT_NAME", AZURE_ACCOUNT.to_owned()),
-        ("AZURE_STORAGE_ACCOUNT_KEY", AZURE_KEY.to_owned()),
-        (
-            "AZURE_STORAGE_ENDPOINT",
-            format!("{}/{AZURE_ACCOUNT}", server.url()),
-        ),
-        ("AZURE_ALLOW_HTTP", "true".to_owned()),
+        ("AZURE_STORAGE_ACCOUNT_NAME", AZURE_ACCOUNT),
+        ("AZURE_STORAGE_ACCOUNT_KEY", AZURE_KEY),
+        ("AZURE_STORAGE_ENDPOINT", endpoint),
+        ("AZURE_ALLOW_HTTP", "true"),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect()
 }
 
@@ -290,6 +297,7 @@ fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
 pub struct CountingProxy {
     pub addr: SocketAddr,
     sent: Arc<AtomicU64>,
+    connections: Arc<AtomicU64>,
 }
 
 impl CountingProxy {
@@ -300,9 +308,11 @@ impl CountingProxy {
             .expect("proxy port");
         let addr = listener.local_addr().expect("proxy address");
         let sent = Arc::new(AtomicU64::new(0));
-        let counter = sent.clone();
+        let connections = Arc::new(AtomicU64::new(0));
+        let (counter, accepted) = (sent.clone(), connections.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::Relaxed);
                 let counter = counter.clone();
                 tokio::spawn(async move {
                     let Ok(server) =
@@ -331,7 +341,11 @@ impl CountingProxy {
                 });
             }
         });
-        CountingProxy { addr, sent }
+        CountingProxy {
+            addr,
+            sent,
+            connections,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -341,5 +355,16 @@ impl CountingProxy {
     /// Bytes the server sent through the proxy so far.
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Connections clients opened through the proxy so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// The count once bytes in flight have passed (or been dropped).
+    pub async fn settled(&self) -> u64 {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        self.sent()
     }
 }
