@@ -70,25 +70,39 @@ fn server_dir(name: &str, port: u16) -> PathBuf {
     dir
 }
 
+/// Runs `$2…` with `$1` its directory. The shell exits when the server does (so an
+/// early death shows), and a watcher kills the server and removes the directory
+/// once the pipe on stdin closes: when this test process ends, however it ends.
+const WRAPPER: &str = r#"
+dir=$1; shift
+exec 3<&0
+"$@" &
+server=$!
+( read _ignored <&3; kill "$server" 2>/dev/null; sleep 1; rm -rf "$dir" ) &
+wait "$server"
+"#;
+
 /// Starts `program args…` under a shell that kills it once our stdin pipe closes,
-/// which happens however this process ends, and then removes `dir`. Waits until the
-/// server accepts connections on `port`.
+/// which happens however this process ends, and then removes its directory. `args`
+/// gets the free port chosen and that directory. Waits until the server listens.
 fn start(
     name: &str,
-    program: PathBuf,
-    args: &[String],
+    program: &str,
+    args: impl FnOnce(u16, &Path) -> Vec<String>,
     env: &[(&str, &str)],
-    port: u16,
-    dir: &Path,
 ) -> External {
+    let program = find(program);
+    let port = free_port();
+    let dir = server_dir(name, port);
+    let args = args(port, &dir);
     let log = dir.join("server.log");
     let out = std::fs::File::create(&log).expect("log file");
     let mut command = Command::new("sh");
     command
         .arg("-c")
-        .arg(r#"dir=$1; shift; "$@" & server=$!; read _ignored; kill "$server" 2>/dev/null; wait; rm -rf "$dir""#)
+        .arg(WRAPPER)
         .arg("sh")
-        .arg(dir)
+        .arg(&dir)
         .arg(&program)
         .args(args)
         .envs(env.iter().copied())
@@ -133,61 +147,44 @@ fn read_log(log: &Path) -> String {
     std::fs::read_to_string(log).unwrap_or_default()
 }
 
+fn moto_args(port: u16, _: &Path) -> Vec<String> {
+    vec!["-p".into(), port.to_string()]
+}
+
 /// The S3 server shared by this test binary; it checks no signature.
 pub fn moto() -> &'static External {
     static MOTO: OnceLock<External> = OnceLock::new();
-    MOTO.get_or_init(|| {
-        let port = free_port();
-        let dir = server_dir("moto", port);
-        start(
-            "moto",
-            find("moto_server"),
-            &["-p".into(), port.to_string()],
-            &[],
-            port,
-            &dir,
-        )
-    })
+    MOTO.get_or_init(|| start("moto", "moto_server", moto_args, &[]))
 }
 
 /// An S3 server that refuses every request: signatures are checked against IAM
 /// users, and there are none (`INITIAL_NO_AUTH_ACTION_COUNT=0`).
 pub fn moto_locked() -> &'static External {
     static MOTO: OnceLock<External> = OnceLock::new();
-    MOTO.get_or_init(|| {
-        let port = free_port();
-        let env = [("INITIAL_NO_AUTH_ACTION_COUNT", "0")];
-        let dir = server_dir("moto-locked", port);
-        start(
-            "moto-locked",
-            find("moto_server"),
-            &["-p".into(), port.to_string()],
-            &env,
-            port,
-            &dir,
-        )
-    })
+    let env = [("INITIAL_NO_AUTH_ACTION_COUNT", "0")];
+    MOTO.get_or_init(|| start("moto-locked", "moto_server", moto_args, &env))
 }
 
-/// The Azure Blob server shared by this test binary, its data in a temporary directory.
+/// The Azure Blob server shared by this test binary, its data in its directory.
 pub fn azurite() -> &'static External {
     static AZURITE: OnceLock<External> = OnceLock::new();
-    AZURITE.get_or_init(|| {
-        let port = free_port();
-        let dir = server_dir("azurite", port);
+    let args = |port: u16, dir: &Path| {
+        let location = dir.join("data").display().to_string();
+        let port = port.to_string();
         let args = [
-            "--blobHost".into(),
-            "127.0.0.1".into(),
-            "--blobPort".into(),
-            port.to_string(),
-            "--location".into(),
-            dir.join("data").display().to_string(),
-            "--skipApiVersionCheck".into(),
-            "--loose".into(),
-            "--silent".into(),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            &port,
+            "--location",
+            &location,
+            "--skipApiVersionCheck",
+            "--loose",
+            "--silent",
         ];
-        start("azurite", find("azurite-blob"), &args, &[], port, &dir)
-    })
+        args.map(str::to_owned).to_vec()
+    };
+    AZURITE.get_or_init(|| start("azurite", "azurite-blob", args, &[]))
 }
 
 /// The variables that point the AWS builders at `server`.
