@@ -15,6 +15,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config::{Secret, StoragePayload, StorageSettings};
+use crate::source::CloudEnv;
+use crate::source::stores::{self, Cloud};
 use crate::telemetry::names;
 
 /// Longest object name kept readable; longer ones are cut and suffixed with a hash.
@@ -80,8 +82,14 @@ struct Tail<'a> {
 }
 
 impl Storage {
-    /// Connects to the endpoint; a local directory is created if missing.
+    /// Connects to the endpoint; a local directory is created if missing. Object
+    /// stores are configured from the process environment (`AWS_*`, `AZURE_*`, …).
     pub fn new(settings: &StorageSettings) -> anyhow::Result<Self> {
+        Self::with_cloud_env(settings, &CloudEnv::from_process())
+    }
+
+    /// As [`Storage::new`], object stores configured from `env` instead.
+    pub fn with_cloud_env(settings: &StorageSettings, env: &CloudEnv) -> anyhow::Result<Self> {
         let url = url::Url::parse(&settings.endpoint)?;
         let target = match url.scheme() {
             "file" => {
@@ -104,20 +112,29 @@ impl Storage {
                 base: url,
                 token: settings.token.clone(),
             },
-            _ => {
-                // s3://, az://, gs://: credentials and endpoints from each cloud's
-                // usual environment (AWS_*, AZURE_*, GOOGLE_*).
-                let options = std::env::vars().map(|(k, v)| (k.to_ascii_lowercase(), v));
-                let (store, prefix) = object_store::parse_url_opts(&url, options)?;
+            scheme => {
+                // s3://bucket/prefix, az://container/prefix, gs://bucket/prefix.
+                let cloud = Cloud::from_scheme(scheme).ok_or_else(|| {
+                    anyhow::anyhow!("EXTERNAL_STORAGE_ENDPOINT: {scheme}:// is not supported")
+                })?;
+                let bucket = url.host_str().unwrap_or_default();
+                let store = stores::build(cloud, bucket, env)?;
                 Target::Objects {
-                    store: Arc::from(store),
-                    prefix,
+                    store,
+                    prefix: ObjectPath::from_url_path(url.path())?,
                 }
             }
         };
+        // Results carry the record's URI: never the userinfo or query of an http(s) endpoint.
+        let endpoint = match &target {
+            Target::Http { base, .. } => crate::source::shown_url(base)
+                .trim_end_matches('/')
+                .to_owned(),
+            Target::Objects { .. } => settings.endpoint.clone(),
+        };
         Ok(Self {
             target,
-            endpoint: settings.endpoint.clone(),
+            endpoint,
             payload: settings.payload,
             backoff: ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(200))
@@ -227,7 +244,8 @@ impl Storage {
                 let response = request
                     .send()
                     .await
-                    .map_err(|e| fail(crate::telemetry::chain(&e)))?;
+                    // Without the URL: the endpoint may carry a token in its query.
+                    .map_err(|e| fail(crate::telemetry::chain(&e.without_url())))?;
                 let status = response.status();
                 if status.is_success() {
                     Ok(())

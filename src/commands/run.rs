@@ -48,8 +48,9 @@ pub async fn serve(
         .map(Storage::new)
         .transpose()
         .context("EXTERNAL_STORAGE_ENDPOINT")?;
+    let sources = Sources::new(&settings.files)?;
     let worker = Arc::new(Worker {
-        sources: Sources::new(&settings.files),
+        sources,
         client: Arc::new(client),
         storage,
         budget: ByteBudget::new(settings.max_inflight_bytes),

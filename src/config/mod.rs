@@ -195,6 +195,14 @@ pub struct FileArgs {
     /// Comma list of buckets/containers that s3://, az:// and gs:// references may name; none = any.
     #[arg(long, env = "FILE_BUCKETS", default_value = "")]
     pub file_buckets: String,
+    /// PEM file of extra root certificates that https:// sources are trusted with
+    /// (a private CA), on top of the system's.
+    #[arg(long, env = "FILE_HTTP_CA_FILE")]
+    pub file_http_ca_file: Option<PathBuf>,
+    /// Longest wait for an http(s) source to connect, to answer, and between two
+    /// pieces of its body.
+    #[arg(long, env = "FILE_HTTP_TIMEOUT", default_value = "30s")]
+    pub file_http_timeout: String,
 }
 
 #[derive(Debug, Clone)]
@@ -207,6 +215,9 @@ pub struct FileSettings {
     pub http_allowed_hosts: Vec<String>,
     pub http_allow_plain: bool,
     pub buckets: Vec<String>,
+    /// The PEM text of `FILE_HTTP_CA_FILE`, checked to hold at least one certificate.
+    pub http_ca_pem: Option<Vec<u8>>,
+    pub http_timeout: Duration,
 }
 
 impl FileArgs {
@@ -236,7 +247,28 @@ impl FileArgs {
             http_allowed_hosts,
             http_allow_plain,
             buckets: split_list(&self.file_buckets, ','),
+            http_ca_pem: self
+                .file_http_ca_file
+                .as_deref()
+                .map(read_ca_file)
+                .transpose()?,
+            http_timeout: duration("FILE_HTTP_TIMEOUT", &self.file_http_timeout, "30s")?,
         })
+    }
+}
+
+/// Reads a PEM bundle and checks that it holds certificates, so that a wrong file
+/// stops the worker at start rather than failing every https:// job.
+fn read_ca_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let var = "FILE_HTTP_CA_FILE";
+    let pem = std::fs::read(path).map_err(|e| bad(var, format!("cannot read {path:?}: {e}")))?;
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(pem),
+        Ok(_) => Err(bad(var, format!("{path:?} holds no PEM certificate"))),
+        Err(e) => Err(bad(
+            var,
+            format!("{path:?} is not a PEM certificate bundle: {e}"),
+        )),
     }
 }
 

@@ -4,6 +4,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 
+use super::{check_size, denied};
 use crate::job::{ErrorKind, Failure};
 
 /// Which local paths may be read. `Any` serves `cxone-worker encode`, where the
@@ -38,26 +39,6 @@ impl OpenedFile {
         check_size(buf.len() as u64, max)?;
         Ok(buf)
     }
-}
-
-fn check_size(size: u64, max: u64) -> Result<(), Failure> {
-    if size == 0 {
-        return Err(Failure::permanent(
-            ErrorKind::EmptyFile,
-            "the file is empty",
-        ));
-    }
-    if size > max {
-        return Err(Failure::permanent(
-            ErrorKind::TooLarge,
-            format!("the file has more than the {max} bytes allowed (MAX_PAYLOAD_BYTES)"),
-        ));
-    }
-    Ok(())
-}
-
-fn denied(message: impl Into<String>) -> Failure {
-    Failure::permanent(ErrorKind::FileAccessDenied, message)
 }
 
 fn io_failure(what: &str, e: &io::Error) -> Failure {

@@ -1,20 +1,43 @@
 //! A job's file reference -> its bytes, in two steps: `open` learns the size (so the
-//! worker can reserve memory for it), `read` fetches at most `MAX_PAYLOAD_BYTES`.
+//! worker can reserve memory for it) and refuses what is too large before any byte
+//! of it is read; `read` fetches at most `MAX_PAYLOAD_BYTES`, whatever the source claimed.
+//!
+//! | file | references |
+//! |---|---|
+//! | `file.rs` | `file://` inside `FILE_ROOTS` |
+//! | `http.rs` | `https://` (and `http://`) to the hosts of `FILE_HTTP_ALLOWED_HOSTS` |
+//! | `object.rs` | `s3://`, `az://`, `gs://` in the buckets of `FILE_BUCKETS` |
+//! | `stores.rs` | the object stores, built from each cloud's environment (shared with `storage`) |
 
 mod file;
+mod http;
+mod object;
+pub(crate) mod stores;
 
-use bytes::Bytes;
+use std::pin::pin;
+use std::sync::Arc;
 
-use crate::config::FileSettings;
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+
+use crate::config::{ConfigError, FileSettings};
 use crate::job::{ErrorKind, Failure};
 
 use file::{OpenedFile, Roots};
+pub(crate) use http::shown as shown_url;
+use http::{Http, OpenedHttp};
+use object::{Objects, OpenedObject};
+pub use stores::CloudEnv;
 
 /// Reads the files that job references name, within the configured limits.
 #[derive(Debug, Clone)]
 pub struct Sources {
     roots: Roots,
     max_bytes: u64,
+    /// `None`: http(s):// references are refused (`cxone-worker encode`).
+    http: Option<Arc<Http>>,
+    /// `None`: s3://, az:// and gs:// references are refused.
+    objects: Option<Arc<Objects>>,
 }
 
 /// A reference resolved and checked, its size known, its bytes not yet read.
@@ -24,14 +47,24 @@ pub struct Opened(Inner);
 #[derive(Debug)]
 enum Inner {
     File(OpenedFile),
+    Http(OpenedHttp),
+    Object(OpenedObject),
 }
 
 impl Sources {
-    pub fn new(files: &FileSettings) -> Self {
-        Self {
+    /// Every kind of reference, object stores configured from the process environment.
+    pub fn new(files: &FileSettings) -> Result<Self, ConfigError> {
+        Self::with_cloud_env(files, CloudEnv::from_process())
+    }
+
+    /// As [`Sources::new`], the object stores configured from `env` instead.
+    pub fn with_cloud_env(files: &FileSettings, env: CloudEnv) -> Result<Self, ConfigError> {
+        Ok(Self {
             roots: Roots::Only(files.roots.clone()),
             max_bytes: files.max_payload_bytes,
-        }
+            http: Some(Arc::new(Http::new(files)?)),
+            objects: Some(Arc::new(Objects::new(env, files.buckets.clone()))),
+        })
     }
 
     /// For `cxone-worker encode`: any local path the operator names, same size checks.
@@ -39,6 +72,8 @@ impl Sources {
         Self {
             roots: Roots::Any,
             max_bytes,
+            http: None,
+            objects: None,
         }
     }
 
@@ -47,35 +82,44 @@ impl Sources {
     }
 
     pub async fn open(&self, reference: &str) -> Result<Opened, Failure> {
+        let max = self.max_bytes;
         if reference.starts_with("file://")
             || (reference.starts_with('/') && matches!(self.roots, Roots::Any))
         {
-            let (reference, roots, max) =
-                (reference.to_owned(), self.roots.clone(), self.max_bytes);
+            let (reference, roots) = (reference.to_owned(), self.roots.clone());
             return blocking(move || {
                 file::open(&reference, &roots, max).map(|f| Opened(Inner::File(f)))
             })
             .await;
         }
         let scheme = reference.split("://").next().unwrap_or(reference);
-        Err(Failure::permanent(
-            ErrorKind::FileAccessDenied,
-            format!("{scheme}:// references are not enabled"),
-        ))
+        match (scheme, &self.http, &self.objects) {
+            ("https" | "http", Some(http), _) => {
+                Ok(Opened(Inner::Http(http.open(reference, max).await?)))
+            }
+            ("s3" | "az" | "gs", _, Some(objects)) => {
+                Ok(Opened(Inner::Object(objects.open(reference, max).await?)))
+            }
+            _ => Err(denied(format!("{scheme}:// references are not enabled"))),
+        }
     }
 }
 
 impl Opened {
-    /// The size the source reported before reading.
+    /// The size the source reported before reading (the limit, when it said none).
     pub fn size(&self) -> u64 {
         match &self.0 {
             Inner::File(f) => f.size(),
+            Inner::Http(h) => h.size(),
+            Inner::Object(o) => o.size(),
         }
     }
 
     pub async fn read(self, max_bytes: u64) -> Result<Bytes, Failure> {
         match self.0 {
             Inner::File(f) => blocking(move || f.read(max_bytes).map(Bytes::from)).await,
+            Inner::Http(h) => h.read(max_bytes).await,
+            Inner::Object(o) => o.read(max_bytes).await,
         }
     }
 }
@@ -88,4 +132,105 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| Err(Failure::retryable(format!("file task failed: {e}"))))
+}
+
+/// Collects a body, refusing it as soon as it would pass `max` bytes: never more
+/// than `max` bytes are held, whatever the source said its size was. `expected` is
+/// the size announced, to allocate once.
+async fn collect_capped<E>(
+    stream: impl Stream<Item = Result<Bytes, E>>,
+    expected: u64,
+    max: u64,
+    fail: impl Fn(E) -> Failure,
+) -> Result<Bytes, Failure> {
+    let mut stream = pin!(stream);
+    let mut buf = BytesMut::with_capacity(expected.min(max) as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(&fail)?;
+        if (buf.len() + chunk.len()) as u64 > max {
+            return Err(too_large(max));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    check_size(buf.len() as u64, max)?;
+    Ok(buf.freeze())
+}
+
+/// Refuses an empty file and one larger than `max`.
+fn check_size(size: u64, max: u64) -> Result<(), Failure> {
+    if size == 0 {
+        return Err(Failure::permanent(
+            ErrorKind::EmptyFile,
+            "the file is empty",
+        ));
+    }
+    if size > max {
+        return Err(too_large(max));
+    }
+    Ok(())
+}
+
+fn too_large(max: u64) -> Failure {
+    Failure::permanent(
+        ErrorKind::TooLarge,
+        format!("the file has more than the {max} bytes allowed (MAX_PAYLOAD_BYTES)"),
+    )
+}
+
+fn denied(message: impl Into<String>) -> Failure {
+    Failure::permanent(ErrorKind::FileAccessDenied, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(parts: &[&'static [u8]]) -> impl Stream<Item = Result<Bytes, ()>> {
+        futures_util::stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok(Bytes::from_static(p)))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    async fn collect(parts: &[&'static [u8]], max: u64) -> Result<Bytes, Failure> {
+        collect_capped(chunks(parts), 0, max, |()| Failure::retryable("broken")).await
+    }
+
+    fn kind(r: Result<Bytes, Failure>) -> ErrorKind {
+        match r {
+            Err(Failure::Permanent { kind, .. }) => kind,
+            other => panic!("expected a permanent failure, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_are_capped_at_the_limit() {
+        assert_eq!(collect(&[b"abc", b"de"], 5).await.unwrap(), &b"abcde"[..]);
+        assert_eq!(
+            kind(collect(&[b"abc", b"def"], 5).await),
+            ErrorKind::TooLarge
+        );
+        assert_eq!(kind(collect(&[], 5).await), ErrorKind::EmptyFile);
+        assert_eq!(kind(collect(&[b""], 5).await), ErrorKind::EmptyFile);
+    }
+
+    #[tokio::test]
+    async fn a_broken_body_is_the_sources_failure() {
+        let stream = futures_util::stream::iter(vec![Ok(Bytes::from_static(b"ab")), Err(())]);
+        let r = collect_capped(stream, 0, 5, |()| Failure::retryable("broken")).await;
+        assert_eq!(r, Err(Failure::retryable("broken")));
+    }
+
+    #[tokio::test]
+    async fn local_sources_refuse_remote_references() {
+        let sources = Sources::local(10);
+        for reference in ["https://example.com/a.pdf", "s3://b/k.pdf"] {
+            let Err(Failure::Permanent { kind, .. }) = sources.open(reference).await else {
+                panic!("{reference} must be refused");
+            };
+            assert_eq!(kind, ErrorKind::FileAccessDenied);
+        }
+    }
 }

@@ -1,0 +1,149 @@
+//! File references beyond local disk, against real servers: S3 (moto), Azure Blob
+//! (Azurite) and a local HTTP/HTTPS server. Every refusal the contract names is checked
+//! on `Sources` directly, then the same refusals end to end through RabbitMQ.
+
+#[path = "support/file_server.rs"]
+mod file_server;
+#[path = "support/servers.rs"]
+mod servers;
+#[path = "support/worker_run.rs"]
+mod worker_run;
+
+// The tests of each kind of source live beside this file and share its harness.
+#[path = "sources/http.rs"]
+mod http;
+#[path = "sources/objects.rs"]
+mod objects;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use cxone_worker::config::{FileArgs, FileSettings};
+use cxone_worker::job::{ErrorKind, Failure};
+use cxone_worker::source::{CloudEnv, Sources};
+use object_store::ObjectStoreExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::path::Path as ObjectPath;
+use serde_json::json;
+
+use file_server::FileServer;
+use servers::{CountingProxy, External};
+
+const PDF: &[u8] = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer\n%%EOF\n";
+const MIB: u64 = 1024 * 1024;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    files: FileArgs,
+}
+
+/// Settings as the flags give them; `extra` on top of a 100 000-byte limit.
+fn settings(extra: &[&str]) -> FileSettings {
+    let args = [
+        "test",
+        "--max-payload-bytes=100000",
+        "--file-http-timeout=1s",
+    ];
+    let cli = Cli::try_parse_from(args.iter().chain(extra)).expect("flags parse");
+    cli.files.settings().expect("valid settings")
+}
+
+fn sources(extra: &[&str], env: Vec<(String, String)>) -> Sources {
+    Sources::with_cloud_env(&settings(extra), CloudEnv::from_pairs(env)).expect("sources")
+}
+
+async fn read(sources: &Sources, reference: &str) -> Result<Bytes, Failure> {
+    let opened = sources.open(reference).await?;
+    opened.read(sources.max_bytes()).await
+}
+
+#[track_caller]
+fn assert_kind(result: Result<Bytes, Failure>, kind: ErrorKind) {
+    match result {
+        Err(Failure::Permanent { kind: got, message }) => assert_eq!(got, kind, "{message}"),
+        other => panic!("expected {kind}, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_retryable(result: Result<Bytes, Failure>) -> String {
+    match result {
+        Err(Failure::Retryable { message }) => message,
+        other => panic!("expected a retryable failure, got {other:?}"),
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+// ---------------------------------------------------------------- through RabbitMQ
+
+#[tokio::test]
+async fn refusals_end_as_the_contract_says_through_rabbitmq() {
+    let (server, dir) = (FileServer::start().await, tempfile::tempdir().unwrap());
+    let moto = servers::moto();
+    objects::s3_put(moto, "e2e-refusals", "present.pdf", PDF).await;
+    let mut env = servers::s3_env(moto);
+    env.extend([
+        ("FILE_HTTP_ALLOWED_HOSTS".into(), "127.0.0.1".into()),
+        (
+            "FILE_HTTP_CA_FILE".into(),
+            server.write_ca(dir.path()).display().to_string(),
+        ),
+        ("FILE_BUCKETS".into(), "e2e-refusals".into()),
+        ("MAX_PAYLOAD_BYTES".into(), "100000".into()),
+    ]);
+    let run = worker_run::WorkerRun::start(&env).await;
+    let redirect_away = server.https_url(&format!(
+        "/redirect?to={}",
+        urlencode(&server.https_url_by_name("/files/a.pdf"))
+    ));
+    let cases = [
+        (
+            "missing-object",
+            "s3://e2e-refusals/missing.pdf".to_owned(),
+            ErrorKind::FileNotFound,
+        ),
+        (
+            "other-bucket",
+            "s3://elsewhere/present.pdf".to_owned(),
+            ErrorKind::FileAccessDenied,
+        ),
+        (
+            "oversize",
+            server.https_url(&format!("/chunked/{}", 64 * MIB)),
+            ErrorKind::TooLarge,
+        ),
+        (
+            "other-host",
+            server.https_url_by_name("/files/a.pdf"),
+            ErrorKind::FileAccessDenied,
+        ),
+        ("redirect-away", redirect_away, ErrorKind::FileAccessDenied),
+        (
+            "missing-url",
+            server.https_url("/files/none.pdf"),
+            ErrorKind::FileNotFound,
+        ),
+    ];
+    for (id, file, _) in &cases {
+        run.publish(&json!({"job_id": id, "file": file, "content_type": "application/pdf"}))
+            .await;
+    }
+    let results = run.results(cases.len(), Duration::from_secs(20)).await;
+    for (id, _, kind) in &cases {
+        let r = worker_run::result_of(&results, id);
+        assert_eq!(r.key, "job.failed", "{id}: {:?}", r.body);
+        assert_eq!(r.body["error_kind"], kind.as_str(), "{id}: {:?}", r.body);
+    }
+    assert!(
+        server.sent() < 16 * MIB,
+        "the oversize file was not downloaded whole"
+    );
+    run.wait_dead_letters(cases.len() as u32).await;
+    run.finish().await;
+}
