@@ -9,9 +9,8 @@ scripts/ensure-rabbitmq.sh
 if ! python3 -c 'import pika' 2>/dev/null; then
   python3 -m pip install --quiet pika
 fi
-if [ -x scripts/test-servers.sh ]; then
-  scripts/test-servers.sh
-fi
+scripts/test-servers.sh
+export PATH="$PWD/.tools/bin:$PATH"
 
 cargo test --all-targets
 cargo build --release

@@ -59,7 +59,7 @@ fn find(program: &str) -> PathBuf {
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
         .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{program} is not installed: run `bash ci/test-servers.sh` (looked in .tools/ and PATH)"))
+        .unwrap_or_else(|| panic!("{program} is not installed: run `scripts/test-servers.sh` (looked in .tools/ and PATH)"))
 }
 
 /// A fresh directory for one server's log and data, under the target directory.
