@@ -88,7 +88,7 @@ def wait_results(ch, queue, n, proc, timeout):
 def run_one(name, cmd, env, ch, results_queue, n, sim_pid, cwd=None):
     if os.environ.get("BENCH_PERF") and name == "cxone-worker":
         # Profiling only: the figures then include perf's own overhead.
-        cmd = ["perf", "record", "-e", "cpu-clock", "-F", "2000", "-g", "-o", os.environ["BENCH_PERF"], "--"] + cmd
+        cmd = ["perf", "record", "-e", "cpu-clock", "-F", "1000", "--call-graph", "dwarf,16384", "-o", os.environ["BENCH_PERF"], "--"] + cmd
     rabbit = broker_pid()
     r0, s0 = cpu_seconds(rabbit), cpu_seconds(sim_pid)
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

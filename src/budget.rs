@@ -3,6 +3,7 @@
 //! exhausting memory.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -14,6 +15,8 @@ const UNIT: u64 = 1024;
 #[derive(Clone)]
 pub struct ByteBudget {
     permits: Arc<Semaphore>,
+    /// Jobs waiting in [`ByteBudget::reserve`].
+    waiting: Arc<AtomicUsize>,
     capacity: u32,
 }
 
@@ -36,6 +39,7 @@ impl ByteBudget {
             .max(1);
         Self {
             permits: Arc::new(Semaphore::new(capacity as usize)),
+            waiting: Arc::new(AtomicUsize::new(0)),
             capacity,
         }
     }
@@ -43,20 +47,43 @@ impl ByteBudget {
     /// Waits until `bytes` fit beside what other jobs hold. A file larger than the
     /// whole budget takes all of it (config ensures MAX_PAYLOAD_BYTES fits).
     pub async fn reserve(&self, bytes: u64) -> Reservation {
-        let units = u32::try_from(bytes.div_ceil(UNIT))
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.capacity);
+        self.waiting.fetch_add(1, Ordering::SeqCst);
         let permit = self
             .permits
             .clone()
-            .acquire_many_owned(units)
+            .acquire_many_owned(self.units(bytes))
             .await
             .expect("the budget's semaphore is never closed");
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
         metrics::gauge!(names::IN_FLIGHT_BYTES).increment(bytes as f64);
         Reservation {
             _permit: permit,
             bytes,
         }
+    }
+
+    /// Reserves `bytes` only if they fit right now and nobody waits before us (the
+    /// semaphore is fair to waiters; jumping the queue would starve large files).
+    pub fn try_reserve(&self, bytes: u64) -> Option<Reservation> {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_many_owned(self.units(bytes))
+            .ok()?;
+        metrics::gauge!(names::IN_FLIGHT_BYTES).increment(bytes as f64);
+        Some(Reservation {
+            _permit: permit,
+            bytes,
+        })
+    }
+
+    fn units(&self, bytes: u64) -> u32 {
+        u32::try_from(bytes.div_ceil(UNIT))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.capacity)
     }
 
     /// Bytes free right now (tests and metrics).
@@ -91,6 +118,31 @@ mod tests {
         assert_eq!(budget.available(), 4 * UNIT);
         drop(b);
         assert_eq!(budget.available(), 10 * UNIT);
+    }
+
+    #[tokio::test]
+    async fn try_reserve_never_jumps_the_queue() {
+        let budget = ByteBudget::new(10 * UNIT);
+        let held = budget.reserve(8 * UNIT).await;
+        let large = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.reserve(5 * UNIT).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            budget.try_reserve(UNIT).is_none(),
+            "a small file must not pass a waiting large one"
+        );
+        drop(held);
+        let large = tokio::time::timeout(Duration::from_secs(1), large)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            budget.try_reserve(UNIT).is_some(),
+            "room and nobody waiting"
+        );
+        drop(large);
     }
 
     #[tokio::test]

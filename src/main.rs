@@ -46,7 +46,9 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => {
             let settings = args.settings().unwrap_or_else(|e| refuse(e));
             let _telemetry = runtime.block_on(async { telemetry::init(format, "cxone-worker") });
-            runtime.block_on(run::run(settings))
+            // On a worker thread, not this one: the consumer loop and the job tasks it
+            // spawns then share threads instead of waking each other across them.
+            runtime.block_on(async { tokio::spawn(run::run(settings)).await? })
         }
         Command::Encode(args) => {
             if let Err(e) = args.limits.settings() {

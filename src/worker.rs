@@ -227,9 +227,9 @@ impl Worker {
             })?;
         report.data_action_id = Some(action.clone());
 
-        let opened = self.sources.open(&job.file).await?;
-        let _reservation = self.budget.reserve(opened.size()).await;
-        let bytes = opened.read(self.sources.max_bytes()).await?;
+        let fetched = self.sources.fetch(&job.file, &self.budget).await?;
+        let _reservation = fetched.reservation;
+        let bytes = fetched.bytes;
         report.original_size = Some(bytes.len() as u64);
         let encoded = self.encode(&bytes, &job).await?;
         metrics::counter!(names::BYTES_ENCODED).increment(bytes.len() as u64);

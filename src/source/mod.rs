@@ -20,6 +20,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 
+use crate::budget::{ByteBudget, Reservation};
 use crate::config::{ConfigError, FileSettings};
 use crate::job::{ErrorKind, Failure};
 
@@ -83,9 +84,7 @@ impl Sources {
 
     pub async fn open(&self, reference: &str) -> Result<Opened, Failure> {
         let max = self.max_bytes;
-        if reference.starts_with("file://")
-            || (reference.starts_with('/') && matches!(self.roots, Roots::Any))
-        {
+        if is_local(reference, &self.roots) {
             let (reference, roots) = (reference.to_owned(), self.roots.clone());
             return blocking(move || {
                 file::open(&reference, &roots, max).map(|f| Opened(Inner::File(f)))
@@ -103,6 +102,51 @@ impl Sources {
             _ => Err(denied(format!("{scheme}:// references are not enabled"))),
         }
     }
+}
+
+/// A file's bytes, and the share of the byte budget they hold until dropped.
+pub struct Fetched {
+    pub bytes: Bytes,
+    pub reservation: Reservation,
+}
+
+impl Sources {
+    /// Opens `reference`, reserves its size in `budget` (waiting for room), and reads
+    /// it. A local file whose size fits the budget right away is opened and read in
+    /// one trip to the blocking pool, the common case of a busy worker.
+    pub async fn fetch(&self, reference: &str, budget: &ByteBudget) -> Result<Fetched, Failure> {
+        let max = self.max_bytes;
+        if is_local(reference, &self.roots) {
+            let (reference, roots, room) =
+                (reference.to_owned(), self.roots.clone(), budget.clone());
+            let first = blocking(move || {
+                let file = file::open(&reference, &roots, max)?;
+                Ok(match room.try_reserve(file.size()) {
+                    Some(reservation) => Ok(Fetched {
+                        bytes: Bytes::from(file.read(max)?),
+                        reservation,
+                    }),
+                    None => Err(file),
+                })
+            })
+            .await?;
+            let file = match first {
+                Ok(fetched) => return Ok(fetched),
+                Err(file) => file,
+            };
+            let reservation = budget.reserve(file.size()).await;
+            let bytes = blocking(move || file.read(max).map(Bytes::from)).await?;
+            return Ok(Fetched { bytes, reservation });
+        }
+        let opened = self.open(reference).await?;
+        let reservation = budget.reserve(opened.size()).await;
+        let bytes = opened.read(max).await?;
+        Ok(Fetched { bytes, reservation })
+    }
+}
+
+fn is_local(reference: &str, roots: &Roots) -> bool {
+    reference.starts_with("file://") || (reference.starts_with('/') && matches!(roots, Roots::Any))
 }
 
 impl Opened {
