@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use tokio::time::Instant;
 
 use super::table::short_duration;
@@ -31,9 +31,16 @@ impl Progress {
         let now = Instant::now();
         let out = if std::io::stderr().is_terminal() {
             let style = ProgressStyle::with_template(
-                "{spinner} {prefix} [{bar:32}] {pos}/{len} ({percent}%) {per_sec} ETA {eta}",
+                "{spinner} {prefix} [{bar:32}] {pos}/{len} ({percent}%) {rate} ETA {eta}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
+            // Whole messages per second; indicatif's own `{per_sec}` shows four decimals.
+            .with_key(
+                "rate",
+                |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0}/s", state.per_sec());
+                },
+            )
             .progress_chars("=> ");
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
                 .with_style(style);

@@ -27,15 +27,6 @@ impl<T: Send + 'static> Window<T> {
         }
     }
 
-    /// Messages sent and not yet settled.
-    pub fn len(&self) -> usize {
-        self.inflight.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.inflight.is_empty()
-    }
-
     /// Waits until the window has room for one more message; whatever settled on the
     /// way is pushed to `settled`. Callers settle those before they send, so that
     /// settled-but-unrecorded and unconfirmed messages never add up to more than
