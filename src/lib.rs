@@ -18,6 +18,7 @@
 //! | [`admin`] | `/healthz`, `/readyz`, `/metrics` |
 //! | [`telemetry`] | logs, traces and metric names |
 //! | [`shutdown`] | the signal that starts the drain |
+//! | [`ops`] | operator tooling: `enqueue` backfills, the DLQ (`dlq list/replay/purge`), `status` |
 //! | [`commands`] | one file per subcommand |
 //! | [`sim`] | the local CXone API simulator (`cxone-worker sim`) |
 #![warn(unreachable_pub)]
@@ -30,6 +31,7 @@ pub mod config;
 pub mod cxone;
 pub mod encode;
 pub mod job;
+pub mod ops;
 pub mod outcome;
 pub mod shutdown;
 pub mod sim;

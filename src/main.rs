@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-use cxone_worker::commands::{definitions, encode, run};
+use cxone_worker::commands::{definitions, dlq, encode, enqueue, run, status};
 use cxone_worker::config::{ConfigError, RunArgs};
 use cxone_worker::{config, telemetry};
 
@@ -30,12 +30,27 @@ enum Command {
     Sim(cxone_worker::sim::SimConfig),
     /// Print the topology as a RabbitMQ definitions file.
     Definitions(definitions::DefinitionsArgs),
+    /// Publish jobs (files, a directory, or an NDJSON manifest) to P.jobs with publisher confirms.
+    Enqueue(Box<enqueue::EnqueueArgs>),
+    /// Inspect, replay or purge dead-lettered jobs (P.jobs.dlq).
+    Dlq(dlq::DlqArgs),
+    /// Ready messages and consumers of every queue of the topology.
+    Status(status::StatusArgs),
 }
 
 /// A bad setting stops the program with one line naming the variable, exit code 2.
 fn refuse(e: ConfigError) -> ! {
     eprintln!("cxone-worker: {e}");
     std::process::exit(2);
+}
+
+/// Ends an operator command with the status it chose, or 1 and one line for an error.
+fn exit_with(outcome: anyhow::Result<i32>) -> ! {
+    let code = outcome.unwrap_or_else(|e| {
+        eprintln!("cxone-worker: {e:#}");
+        1
+    });
+    std::process::exit(code);
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,5 +77,17 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(cxone_worker::sim::run(cfg))
         }
         Command::Definitions(args) => definitions::run(&args).map_err(|e| refuse(e)),
+        Command::Enqueue(args) => {
+            let (request, broker) = args.request().unwrap_or_else(|e| refuse(e));
+            exit_with(runtime.block_on(enqueue::run(request, broker)))
+        }
+        Command::Dlq(args) => {
+            let cmd = args.settings().unwrap_or_else(|e| refuse(e));
+            exit_with(runtime.block_on(dlq::run(cmd)))
+        }
+        Command::Status(args) => {
+            let cmd = args.settings().unwrap_or_else(|e| refuse(e));
+            exit_with(runtime.block_on(status::run(cmd)))
+        }
     }
 }

@@ -36,10 +36,24 @@ pub mod headers {
     pub const DELIVERY_COUNT: &str = "x-delivery-count";
     /// Set by RabbitMQ when it dead-letters a message.
     pub const DEATH: &str = "x-death";
+    /// Set by RabbitMQ with the first (and, from 3.13, last) dead-lettering:
+    /// `x-first-death-reason`, `x-first-death-queue`, `x-first-death-exchange`…
+    pub const FIRST_DEATH_PREFIX: &str = "x-first-death-";
+    pub const LAST_DEATH_PREFIX: &str = "x-last-death-";
+    /// The contract's DLQ headers all start so (`x-error-kind`, `x-error`).
+    pub const ERROR_PREFIX: &str = "x-error";
+    /// Keys of one `x-death` entry.
+    pub mod death {
+        pub const REASON: &str = "reason";
+        pub const QUEUE: &str = "queue";
+        pub const TIME: &str = "time";
+    }
 }
 
 /// Routing keys of what the worker publishes.
 pub mod routing {
+    /// Jobs that `enqueue` publishes to the jobs exchange (bound with `#`).
+    pub const JOB: &str = "job";
     pub const SUCCEEDED: &str = "job.succeeded";
     pub const FAILED: &str = "job.failed";
 

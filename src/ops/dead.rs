@@ -1,0 +1,216 @@
+//! One dead-lettered message as operators see it (job id, error kind, error, attempts,
+//! failed at), the filters that select it, and the copy that a replay publishes.
+//!
+//! A DLQ message comes either from the worker (the contract's `x-error-*` headers) or
+//! from RabbitMQ itself, when the jobs queue's delivery limit ran out (only `x-death`,
+//! reason `delivery_limit`): both are read, neither may crash the reader, and a body
+//! that is not even JSON still has the job id the worker would give it.
+
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::broker::publisher::Outgoing;
+use crate::broker::topology::{Topology, header_int, header_text, headers};
+use crate::job::{ErrorKind, idempotency_key, loose_job_id};
+use crate::outcome::rfc3339;
+
+/// Kinds that only RabbitMQ gives (the `reason` of `x-death`), and `unknown` for a
+/// message that carries neither the contract's headers nor `x-death`.
+pub const BROKER_KINDS: [&str; 4] = ["delivery_limit", "expired", "maxlen", "unknown"];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// Place in the DLQ when it was read (0 = head).
+    pub position: u64,
+    pub job_id: String,
+    pub kind: String,
+    pub error: String,
+    pub attempts: Option<u32>,
+    pub failed_at: Option<OffsetDateTime>,
+    /// Times it was replayed before (`x-cxone-replays`).
+    pub replays: u32,
+    pub message_id: Option<String>,
+    /// Dead-lettered by RabbitMQ rather than by the worker.
+    pub by_broker: bool,
+}
+
+impl DeadLetter {
+    pub fn read(position: u64, properties: &BasicProperties, body: &[u8]) -> Self {
+        let empty = FieldTable::default();
+        let h = properties.headers().as_ref().unwrap_or(&empty);
+        let message_id = properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str().to_owned());
+        let job_id = idempotency_key(loose_job_id(body).as_deref(), message_id.as_deref(), body);
+        let count = |key| header_int(h, key).and_then(|n| u32::try_from(n).ok());
+        let mut letter = DeadLetter {
+            position,
+            job_id,
+            kind: "unknown".into(),
+            error: format!("no {} or {} header", headers::ERROR_KIND, headers::DEATH),
+            attempts: count(headers::DLQ_ATTEMPTS).or(count(headers::ATTEMPTS)),
+            failed_at: header_text(h, headers::FAILED_AT)
+                .and_then(|t| OffsetDateTime::parse(&t, &Rfc3339).ok()),
+            replays: count(headers::REPLAYS).unwrap_or(0),
+            message_id,
+            by_broker: false,
+        };
+        if let Some(kind) = header_text(h, headers::ERROR_KIND) {
+            letter.kind = kind;
+            letter.error = header_text(h, headers::ERROR).unwrap_or_default();
+        } else if let Some(death) = first_death(h) {
+            let reason =
+                header_text(death, headers::death::REASON).unwrap_or_else(|| "unknown".into());
+            let queue = header_text(death, headers::death::QUEUE).unwrap_or_default();
+            letter.error = format!("dead-lettered by RabbitMQ from {queue}: {reason}");
+            letter.kind = reason;
+            letter.by_broker = true;
+            if letter.failed_at.is_none() {
+                letter.failed_at = match death.inner().get(headers::death::TIME) {
+                    Some(AMQPValue::Timestamp(t)) => i64::try_from(*t)
+                        .ok()
+                        .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok()),
+                    _ => None,
+                };
+            }
+        }
+        letter
+    }
+
+    /// Time since it failed; `None` when no header says when.
+    pub fn age(&self, now: OffsetDateTime) -> Option<Duration> {
+        self.failed_at
+            .map(|t| (now - t).try_into().unwrap_or(Duration::ZERO))
+    }
+
+    pub fn to_json(&self, now: OffsetDateTime) -> Value {
+        json!({
+            "position": self.position,
+            "job_id": self.job_id,
+            "error_kind": self.kind,
+            "error": self.error,
+            "attempts": self.attempts,
+            "failed_at": self.failed_at.map(rfc3339),
+            "age_seconds": self.age(now).map(|d| d.as_secs()),
+            "replays": self.replays,
+            "message_id": self.message_id,
+            "dead_lettered_by": if self.by_broker { "rabbitmq" } else { "worker" },
+        })
+    }
+}
+
+/// The most recent entry of `x-death` (RabbitMQ keeps it first).
+fn first_death(h: &FieldTable) -> Option<&FieldTable> {
+    match h.inner().get(headers::DEATH)? {
+        AMQPValue::FieldArray(entries) => entries.as_slice().iter().find_map(|e| match e {
+            AMQPValue::FieldTable(t) => Some(t),
+            _ => None,
+        }),
+        _ => None,
+    }
+}
+
+/// Which dead letters a command acts on; an empty list matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub kinds: Vec<String>,
+    pub job_ids: Vec<String>,
+    /// Failed at or after; a message that does not say when it failed never matches.
+    pub since: Option<OffsetDateTime>,
+    /// Matching messages acted on at most; the rest stay where they are.
+    pub limit: Option<usize>,
+}
+
+impl Filter {
+    pub fn matches(&self, d: &DeadLetter) -> bool {
+        (self.kinds.is_empty() || self.kinds.contains(&d.kind))
+            && (self.job_ids.is_empty() || self.job_ids.contains(&d.job_id))
+            && self
+                .since
+                .is_none_or(|since| d.failed_at.is_some_and(|t| t >= since))
+    }
+}
+
+/// A `--kind` value: one of the contract's error kinds or of [`BROKER_KINDS`].
+pub fn parse_kind(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    if ErrorKind::parse(raw).is_some() || BROKER_KINDS.contains(&raw) {
+        return Ok(raw.to_owned());
+    }
+    let known: Vec<&str> = ErrorKind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .chain(BROKER_KINDS)
+        .collect();
+    Err(format!("{raw:?} is not one of {}", known.join(", ")))
+}
+
+/// A `--since` value: an RFC 3339 time, or a duration ago (`90m`, `2h`, `7d`).
+pub fn parse_since(raw: &str, now: OffsetDateTime) -> Result<OffsetDateTime, String> {
+    let raw = raw.trim();
+    if let Ok(t) = OffsetDateTime::parse(raw, &Rfc3339) {
+        return Ok(t);
+    }
+    let ago = match raw.strip_suffix('d').and_then(|n| n.parse::<u64>().ok()) {
+        Some(days) => days.checked_mul(86_400).map(Duration::from_secs),
+        None => crate::config::parse_duration(raw),
+    };
+    ago.and_then(|d| time::Duration::try_from(d).ok())
+        .and_then(|d| now.checked_sub(d))
+        .ok_or_else(|| {
+            format!("{raw:?} is neither an RFC 3339 time nor a duration like 90m, 2h or 7d")
+        })
+}
+
+/// The message a replay publishes: the same body and properties, straight to the jobs
+/// queue (not through the jobs exchange: other bindings saw the job once already).
+/// The attempt count restarts (the failure headers, the broker's dead-letter and
+/// delivery headers go), `x-cxone-replays` counts one more, and the execution id
+/// stays: it means the action already ran and only the storage write was left.
+pub fn replay_copy(topology: &Topology, properties: &BasicProperties, body: &[u8]) -> Outgoing {
+    let old = properties.headers().clone().unwrap_or_default();
+    let replays = header_int(&old, headers::REPLAYS)
+        .unwrap_or(0)
+        .saturating_add(1);
+    let dropped = |key: &str| {
+        [
+            headers::ATTEMPTS,
+            headers::SYNC_FAILURES,
+            headers::DLQ_ATTEMPTS,
+            headers::FAILED_AT,
+            headers::DELIVERY_COUNT,
+            headers::DEATH,
+            headers::REPLAYS,
+        ]
+        .contains(&key)
+            || [
+                headers::ERROR_PREFIX,
+                headers::FIRST_DEATH_PREFIX,
+                headers::LAST_DEATH_PREFIX,
+            ]
+            .iter()
+            .any(|p| key.starts_with(p))
+    };
+    let mut kept: std::collections::BTreeMap<_, _> = old
+        .inner()
+        .iter()
+        .filter(|(k, _)| !dropped(k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    kept.insert(headers::REPLAYS.into(), AMQPValue::LongLongInt(replays));
+    Outgoing {
+        exchange: String::new(),
+        routing_key: topology.jobs(),
+        body: body.to_vec(),
+        properties: properties.clone().with_headers(FieldTable::from(kept)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

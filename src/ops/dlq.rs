@@ -1,0 +1,291 @@
+//! Reading the DLQ without losing or reordering it, and the three things done with
+//! what was read: list, replay (back to the jobs queue), purge.
+//!
+//! AMQP 0-9-1 has no way to look at a queue without taking its messages, so the
+//! reader takes them: a passive declare counts the messages at the start (N), a
+//! consumer with manual acknowledgements and a prefetch of N receives them in queue
+//! order, and the reader stops after N deliveries (a writer adding messages meanwhile
+//! cannot keep it going) or when none arrives for a while (another consumer holds the
+//! rest). Every message stays unacknowledged while it is held. At the end the consumer
+//! is cancelled and the channel closed: RabbitMQ puts every message that was not
+//! acknowledged back at the head of the queue, in its original order. A message read
+//! and put back comes out `redelivered` and its `x-delivery-count` header goes up by
+//! one; nothing else about it changes. If the process dies, the broker does the same
+//! when the connection drops. Only replay (after the copy is confirmed in the jobs
+//! queue) and purge (after confirmation) acknowledge, that is remove, a message.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use super::dead::{DeadLetter, Filter, replay_copy};
+use super::progress::Progress;
+use super::window::Window;
+use super::{OpsError, Pace};
+use crate::broker::publisher::{PublishError, Publisher};
+use crate::broker::topology::Topology;
+
+/// How long the reader waits for the next delivery before deciding that the
+/// messages it has not seen are held by another consumer.
+const IDLE: Duration = Duration::from_secs(2);
+
+/// The selected dead letters, held unacknowledged until the selection is settled.
+pub struct Selection {
+    channel: Channel,
+    consumer: Option<lapin::Consumer>,
+    /// The DLQ's name.
+    pub queue: String,
+    /// Messages in the DLQ when reading started.
+    pub total: u64,
+    /// Messages read (and held).
+    pub scanned: u64,
+    picked: Vec<(DeadLetter, Delivery)>,
+}
+
+/// Reads the DLQ and holds the messages that `filter` selects, up to its limit.
+pub async fn select(
+    connection: &Connection,
+    topology: &Topology,
+    filter: &Filter,
+) -> Result<Selection, OpsError> {
+    let queue = topology.dlq();
+    let total = u64::from(
+        super::require_queue(connection, &queue)
+            .await?
+            .message_count(),
+    );
+    let channel = connection.create_channel().await?;
+    let mut selection = Selection {
+        channel,
+        consumer: None,
+        queue,
+        total,
+        scanned: 0,
+        picked: Vec::new(),
+    };
+    if total == 0 || filter.limit == Some(0) {
+        return Ok(selection);
+    }
+    // Prefetch = the count at the start (0, unlimited, past what AMQP can express):
+    // the broker never sends more than the reader will look at.
+    let prefetch = u16::try_from(total).unwrap_or(0);
+    selection
+        .channel
+        .basic_qos(prefetch, BasicQosOptions { global: false })
+        .await?;
+    let mut consumer = selection
+        .channel
+        .basic_consume(
+            selection.queue.as_str().into(),
+            "cxone-worker dlq".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    while selection.scanned < total {
+        let delivery = match tokio::time::timeout(IDLE, consumer.next()).await {
+            Err(_) | Ok(None) => break,
+            Ok(Some(delivery)) => delivery?,
+        };
+        let letter = DeadLetter::read(selection.scanned, &delivery.properties, &delivery.data);
+        selection.scanned += 1;
+        if filter.matches(&letter) {
+            selection.picked.push((letter, delivery));
+            if filter
+                .limit
+                .is_some_and(|limit| selection.picked.len() >= limit)
+            {
+                break;
+            }
+        }
+    }
+    selection.consumer = Some(consumer);
+    Ok(selection)
+}
+
+/// What a replay did.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// Confirmed in the jobs queue and removed from the DLQ.
+    pub moved: u64,
+    /// Refused by the broker or not confirmed: left in the DLQ.
+    pub failed: Vec<(String, String)>,
+    /// Not attempted because of a signal: left in the DLQ.
+    pub skipped: u64,
+    pub interrupted: bool,
+}
+
+impl Selection {
+    pub fn letters(&self) -> impl Iterator<Item = &DeadLetter> {
+        self.picked.iter().map(|(letter, _)| letter)
+    }
+
+    pub fn len(&self) -> usize {
+        self.picked.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.picked.is_empty()
+    }
+
+    /// Puts every held message back, in order (see the module documentation).
+    pub async fn release(mut self) -> Result<(), OpsError> {
+        if let Some(consumer) = self.consumer.take() {
+            self.channel
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                .await?;
+        }
+        self.picked.clear();
+        self.channel.close(200, "done".into()).await?;
+        Ok(())
+    }
+
+    /// Removes the selected messages from the DLQ; the others go back.
+    pub async fn delete(mut self) -> Result<u64, OpsError> {
+        let mut deleted = 0;
+        for (_, delivery) in self.picked.drain(..) {
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+            deleted += 1;
+        }
+        self.release().await?;
+        Ok(deleted)
+    }
+
+    /// Publishes a copy of each selected message to the jobs queue (paced, confirms
+    /// pipelined in a window) and removes the original from the DLQ once its copy is
+    /// confirmed. A signal stops the sends; outstanding confirms are still awaited.
+    /// Killed at any moment, every message is in the DLQ, in the jobs queue, or (at
+    /// most `window` of them) in both with the same body and properties, hence the
+    /// same idempotency key: the API executes it once.
+    pub async fn replay(
+        self,
+        connection: &Connection,
+        topology: &Topology,
+        rate: Option<f64>,
+        window: usize,
+        confirm_timeout: Duration,
+        stop: &CancellationToken,
+    ) -> Result<Replayed, OpsError> {
+        super::require_queue(connection, &topology.jobs()).await?;
+        let publisher = Publisher::open(connection, confirm_timeout).await?;
+        let mut inflight: Window<usize> = Window::new(publisher, window);
+        let mut pace = Pace::new(rate);
+        let mut progress = Progress::new("replay", self.picked.len() as u64);
+        let mut settled = Vec::new();
+        let mut report = Replayed::default();
+        let mut channel_failure = None;
+        for (i, (_, delivery)) in self.picked.iter().enumerate() {
+            if !pace.wait(stop).await {
+                report.interrupted = true;
+                report.skipped = (self.picked.len() - i) as u64;
+                break;
+            }
+            inflight.room(&mut settled).await;
+            self.settle(&mut settled, &mut report, &mut progress)
+                .await?;
+            let copy = replay_copy(topology, &delivery.properties, &delivery.data);
+            if let Err(e) = inflight.send(copy, i).await {
+                report.skipped = (self.picked.len() - i) as u64;
+                channel_failure = Some(e);
+                break;
+            }
+            inflight.ready(&mut settled);
+        }
+        inflight.drain(&mut settled).await;
+        self.settle(&mut settled, &mut report, &mut progress)
+            .await?;
+        progress.finish();
+        self.release().await?;
+        match channel_failure {
+            Some(e) => Err(e.into()),
+            None => Ok(report),
+        }
+    }
+
+    /// Acknowledges (removes from the DLQ) each message whose copy was confirmed.
+    async fn settle(
+        &self,
+        settled: &mut Vec<(usize, Result<(), PublishError>)>,
+        report: &mut Replayed,
+        progress: &mut Progress,
+    ) -> Result<(), OpsError> {
+        let n = settled.len() as u64;
+        for (i, outcome) in settled.drain(..) {
+            let (letter, delivery) = &self.picked[i];
+            match outcome {
+                Ok(()) => {
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                    report.moved += 1;
+                }
+                Err(e) => report.failed.push((letter.job_id.clone(), e.to_string())),
+            }
+        }
+        progress.inc(n);
+        Ok(())
+    }
+}
+
+/// The selection as JSON: the queue, the counts and one object per message.
+pub fn to_json(selection: &Selection, now: OffsetDateTime) -> serde_json::Value {
+    serde_json::json!({
+        "queue": selection.queue,
+        "total": selection.total,
+        "scanned": selection.scanned,
+        "selected": selection.len(),
+        "messages": selection.letters().map(|d| d.to_json(now)).collect::<Vec<_>>(),
+    })
+}
+
+/// `exhausted 1840, delivery_limit 160`: the selection counted by error kind, most first.
+pub fn count_by_kind(selection: &Selection) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for d in selection.letters() {
+        match counts.iter_mut().find(|(k, _)| *k == d.kind) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((&d.kind, 1)),
+        }
+    }
+    counts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    counts
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The selection as an aligned table; errors are cut to keep lines readable.
+pub fn to_table(selection: &Selection, now: OffsetDateTime) -> String {
+    use super::table::{Align, Table, clip, short_duration};
+    let mut table = Table::new(&[
+        ("#", Align::Right),
+        ("JOB ID", Align::Left),
+        ("KIND", Align::Left),
+        ("ATTEMPTS", Align::Right),
+        ("FAILED AT", Align::Left),
+        ("AGE", Align::Right),
+        ("REPLAYS", Align::Right),
+        ("ERROR", Align::Left),
+    ]);
+    for d in selection.letters() {
+        table.row(vec![
+            d.position.to_string(),
+            d.job_id.clone(),
+            d.kind.clone(),
+            d.attempts.map_or_else(|| "-".into(), |n| n.to_string()),
+            // Whole seconds are enough to read; the JSON keeps the header's precision.
+            d.failed_at
+                .and_then(|t| t.replace_nanosecond(0).ok())
+                .map_or_else(|| "-".into(), crate::outcome::rfc3339),
+            d.age(now).map_or_else(|| "-".into(), short_duration),
+            d.replays.to_string(),
+            clip(&d.error, 72),
+        ]);
+    }
+    table.render()
+}

@@ -1,0 +1,209 @@
+//! `cxone-worker status` against a real RabbitMQ: the numbers match what the test put
+//! in each queue, consumers are counted, a queue that does not exist says so, the
+//! unacknowledged count is plainly unavailable, and `--watch` refreshes until Ctrl-C.
+
+#[path = "support/broker.rs"]
+mod broker;
+
+use std::time::Duration;
+
+use broker::{Broker, signal};
+use lapin::BasicProperties;
+use lapin::options::BasicConsumeOptions;
+use lapin::types::FieldTable;
+use serde_json::Value;
+
+async fn status_json(b: &Broker, args: &[&str]) -> Value {
+    let ran = b.run(&[&["status", "--json"][..], args].concat()).await;
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    serde_json::from_str(&ran.stdout).expect("one JSON document")
+}
+
+fn by_name<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == name)
+        .unwrap_or_else(|| panic!("{name} in {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_what_is_in_each_queue() {
+    let b = Broker::new().await;
+    let t = &b.topology;
+    let put = |queue: String, n: usize| {
+        let b = &b;
+        async move {
+            for i in 0..n {
+                b.publish(
+                    "",
+                    &queue,
+                    format!("{i}").as_bytes(),
+                    BasicProperties::default(),
+                )
+                .await;
+            }
+        }
+    };
+    put(t.jobs(), 3).await;
+    put(format!("{}.retry.10m", b.prefix), 2).await;
+    put(t.dlq(), 4).await;
+    put(t.results(), 1).await;
+    // Two consumers on the audit queue, one on the jobs queue.
+    let ch = b.conn.create_channel().await.unwrap();
+    let mut consumers = Vec::new();
+    for queue in [t.audit(), t.audit(), t.jobs()] {
+        let opts = BasicConsumeOptions::default();
+        consumers.push(
+            ch.basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                opts,
+                FieldTable::default(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    // The jobs consumer holds the 3 jobs unacknowledged: no longer ready.
+    b.wait_ready(&t.jobs(), 0, Duration::from_secs(5)).await;
+
+    let v = status_json(&b, &[]).await;
+    let names: Vec<&str> = v["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().unwrap())
+        .collect();
+    let p = &b.prefix;
+    assert_eq!(
+        names,
+        [
+            format!("{p}.jobs"),
+            format!("{p}.retry.5s"),
+            format!("{p}.retry.10m"),
+            format!("{p}.jobs.dlq"),
+            format!("{p}.results"),
+            format!("{p}.audit")
+        ],
+        "RETRY_DELAYS names the retry queues"
+    );
+    let q = |name: &str| by_name(&v, name).clone();
+    assert_eq!(
+        (
+            q(&t.jobs())["ready"].clone(),
+            q(&t.jobs())["consumers"].clone()
+        ),
+        (0.into(), 1.into())
+    );
+    assert_eq!(q(&format!("{p}.retry.10m"))["ready"], 2);
+    assert_eq!(q(&format!("{p}.retry.5s"))["ready"], 0);
+    assert_eq!(q(&t.dlq())["ready"], 4);
+    assert_eq!(q(&t.results())["ready"], 1);
+    assert_eq!(
+        (
+            q(&t.audit())["ready"].clone(),
+            q(&t.audit())["consumers"].clone()
+        ),
+        (0.into(), 2.into())
+    );
+    assert!(
+        v["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|q| q["unacked"].is_null() && q["exists"] == true)
+    );
+    assert!(v["unacked_note"].as_str().unwrap().contains("n/a"));
+
+    // The table: aligned, with n/a rather than an invented number.
+    let ran = b.run(&["status"]).await;
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("QUEUE") && lines[0].ends_with("READY  UNACKED  CONSUMERS"),
+        "{}",
+        lines[0]
+    );
+    let dlq_line = lines
+        .iter()
+        .find(|l| l.starts_with(&format!("{p}.jobs.dlq ")))
+        .unwrap();
+    assert_eq!(
+        dlq_line.split_whitespace().collect::<Vec<_>>(),
+        [t.dlq().as_str(), "dead", "letters", "4", "n/a", "0"]
+    );
+    assert_eq!(
+        lines.iter().map(|l| l.len()).max(),
+        Some(lines.last().unwrap().len()),
+        "the note is the widest line"
+    );
+    assert!(
+        lines[1..7].iter().all(|l| l.len() == lines[0].len()),
+        "every row as wide as the header"
+    );
+    drop(consumers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_queues_the_worker_never_declared_show_as_missing() {
+    let b = Broker::new().await;
+    let v = status_json(&b, &["--retry-delays", "5s,45s"]).await;
+    let missing = by_name(&v, &format!("{}.retry.45s", b.prefix));
+    assert_eq!(
+        (missing["exists"].clone(), missing["ready"].clone()),
+        (false.into(), Value::Null)
+    );
+    assert_eq!(
+        by_name(&v, &format!("{}.retry.5s", b.prefix))["exists"],
+        true
+    );
+    let ran = b.run(&["status", "--retry-delays", "5s,45s"]).await;
+    assert!(
+        ran.stdout
+            .lines()
+            .any(|l| l.contains(".retry.45s") && l.contains("missing")),
+        "{}",
+        ran.stdout
+    );
+    assert_eq!(b.run(&["status", "--retry-delays", "soon"]).await.code, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_refreshes_until_interrupted() {
+    let b = Broker::new().await;
+    let child = b
+        .cli(&["status", "--json", "--watch", "200ms"])
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.publish("", &b.topology.dlq(), b"x", BasicProperties::default())
+        .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    signal(&child, "INT");
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let snapshots: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(snapshots.len() >= 3, "{} refreshes", snapshots.len());
+    let dlq = b.topology.dlq();
+    assert_eq!(by_name(&snapshots[0], &dlq)["ready"], 0);
+    assert_eq!(
+        by_name(snapshots.last().unwrap(), &dlq)["ready"],
+        1,
+        "a later refresh sees the new message"
+    );
+
+    let child = b.cli(&["status", "--watch"]).spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(&child, "TERM");
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("(Ctrl-C to stop)") && text.contains("QUEUE"),
+        "{text}"
+    );
+}
