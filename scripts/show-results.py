@@ -15,12 +15,13 @@ while len(rows) < want and time.time() < deadline:
         time.sleep(0.1)
         continue
     rows.append((method.routing_key, json.loads(body)))
-print(f"{'job_id':<18} {'status':<10} {'detail'}")
+width = max([len("job_id")] + [len(r.get("job_id", "")) for _, r in rows])
+print(f"{'job_id':<{width}}  {'status':<10} {'detail'}")
 for key, r in sorted(rows, key=lambda x: x[1].get("job_id", "")):
     if r["status"] == "succeeded":
         detail = f"{r['content_type']}, {r['original_size']} bytes -> {r['encoded_size']} base64, execution {r['execution_id']}, {r['latency_ms']} ms"
     else:
         detail = f"{r['error_kind']}: {r['error']}"
-    print(f"{r['job_id']:<18} {r['status']:<10} {detail}")
+    print(f"{r['job_id']:<{width}}  {r['status']:<10} {detail}")
 conn.close()
 sys.exit(0 if len(rows) >= want else 1)

@@ -73,6 +73,7 @@ pub fn init(format: LogFormat, service: &'static str) -> Telemetry {
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .boxed(),
     };
     let tracer = otlp_provider(service);

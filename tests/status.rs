@@ -1,6 +1,7 @@
 //! `cxone-worker status` against a real RabbitMQ: the numbers match what the test put
-//! in each queue, consumers are counted, a queue that does not exist says so, the
-//! unacknowledged count is plainly unavailable, and `--watch` refreshes until Ctrl-C.
+//! in each queue, consumers are counted, a queue that does not exist says so, an
+//! unacknowledged count that cannot be known says n/a, and `--watch` refreshes until
+//! Ctrl-C. (Counts from running workers: tests/worker.rs.)
 
 #[path = "support/broker.rs"]
 mod broker;
@@ -113,8 +114,15 @@ async fn status_reports_what_is_in_each_queue() {
             .as_array()
             .unwrap()
             .iter()
-            .all(|q| q["unacked"].is_null() && q["exists"] == true)
+            .all(|q| q["exists"] == true)
     );
+    // No consumer: nothing unacknowledged. Consumers that are not workers cannot be
+    // asked: n/a, not a guess.
+    for name in [t.dlq(), t.results(), format!("{p}.retry.10m")] {
+        assert_eq!(q(&name)["unacked"], 0, "{name}");
+    }
+    assert!(q(&t.jobs())["unacked"].is_null() && q(&t.audit())["unacked"].is_null());
+    assert_eq!(v["workers"], serde_json::json!([]));
     assert!(v["unacked_note"].as_str().unwrap().contains("n/a"));
 
     // The table: aligned, with n/a rather than an invented number.
@@ -131,7 +139,7 @@ async fn status_reports_what_is_in_each_queue() {
         .unwrap();
     assert_eq!(
         dlq_line.split_whitespace().collect::<Vec<_>>(),
-        [t.dlq().as_str(), "dead", "letters", "4", "n/a", "0"]
+        [t.dlq().as_str(), "dead", "letters", "4", "0", "0"]
     );
     assert_eq!(
         lines.iter().map(|l| l.len()).max(),

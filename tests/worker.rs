@@ -357,3 +357,61 @@ async fn metrics_count_jobs_by_outcome() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_counts_what_the_workers_hold() {
+    let mut w = Worker::new(
+        SimConfig {
+            latency_ms: 3000,
+            ..SimConfig::default()
+        },
+        &[("WORKER_CONCURRENCY", "4")],
+    )
+    .await;
+    w.start().await;
+    for i in 0..10 {
+        w.publish(&job(
+            &format!("s-{i}"),
+            &w.file(&format!("{i}.pdf"), &pdf(10)),
+        ))
+        .await;
+    }
+    while w.stats().await["in_flight"].as_u64() < Some(4) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cxone-worker"))
+        .args(["status", "--json", "--retry-delays", "200ms,400ms"])
+        .env("AMQP_URL", harness::amqp_url())
+        .env("CXONE_QUEUE_PREFIX", &w.prefix)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let jobs = v["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["role"] == "jobs")
+        .unwrap();
+    assert_eq!(
+        (
+            jobs["ready"].as_u64(),
+            jobs["unacked"].as_u64(),
+            jobs["consumers"].as_u64()
+        ),
+        (Some(6), Some(4), Some(1)),
+        "{v}"
+    );
+    let worker = &v["workers"][0];
+    assert_eq!(
+        (worker["unacked"].as_u64(), worker["prefetch"].as_u64()),
+        (Some(4), Some(4)),
+        "{v}"
+    );
+    assert_eq!(worker["consuming"], true);
+    assert!(worker["paused"].is_null());
+}

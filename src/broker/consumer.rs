@@ -23,6 +23,7 @@ use tokio::task::{Id, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::control::WorkerReport;
 use super::outputs::{self, read_job_headers};
 use super::publisher::Publisher;
 use super::topology::Topology;
@@ -43,6 +44,8 @@ pub struct Consumer {
     pub grace: Duration,
     pub audit_all: bool,
     pub health: Arc<Health>,
+    /// `host:pid`, as `status` shows this worker.
+    pub name: String,
 }
 
 /// How a job's task ended; the loop settles the delivery accordingly.
@@ -131,6 +134,8 @@ struct Session {
     tasks: JoinSet<TaskEnd>,
     held: HashMap<Id, Acker>,
     probe: Option<tokio::task::JoinHandle<Result<(), crate::job::Failure>>>,
+    /// Pings from `cxone-worker status`.
+    control: lapin::Consumer,
 }
 
 impl Session {
@@ -144,6 +149,7 @@ impl Session {
             .basic_qos(c.prefetch, BasicQosOptions { global: false })
             .await?;
         let publisher = Publisher::open(&connection, c.publish_timeout).await?;
+        let control = super::control::listen(&connection, &c.topology).await?;
         Ok(Self {
             connection,
             channel,
@@ -153,6 +159,7 @@ impl Session {
             tasks: JoinSet::new(),
             held: HashMap::new(),
             probe: None,
+            control,
         })
     }
 
@@ -228,6 +235,17 @@ impl Session {
                     None => return SessionEnd::Lost("the connection's events ended".into()),
                     Some(_) => {}
                 },
+                Some(Ok(ping)) = self.control.next() => {
+                    let report = WorkerReport {
+                        worker: c.name.clone(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        unacked: self.held.len() as u64,
+                        prefetch: c.prefetch,
+                        consuming: self.consumer.is_some() && !self.cancelling,
+                        paused: pause.as_ref().map(|p| p.cause.as_str().to_owned()),
+                    };
+                    super::control::answer(self.publisher.channel(), &ping, &report).await;
+                }
                 _ = liveness.tick() => {
                     if !self.connection.status().connected() {
                         return SessionEnd::Lost("the connection closed".into());

@@ -1,7 +1,9 @@
 //! RabbitMQ: the topology ([`topology`]), publishing with confirms ([`publisher`]),
-//! the messages a job's outcome becomes ([`outputs`]) and the consumer ([`consumer`]).
+//! the messages a job's outcome becomes ([`outputs`]), the consumer ([`consumer`]) and
+//! the status pings it answers ([`control`]).
 
 pub mod consumer;
+pub mod control;
 pub mod outputs;
 pub mod publisher;
 pub mod topology;

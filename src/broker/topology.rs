@@ -16,6 +16,12 @@ use crate::config::format_duration;
 /// enough that hand-backs during pauses and restarts never reach it.
 pub const JOBS_DELIVERY_LIMIT: i64 = 20;
 
+/// Every `dlq list` takes the dead letters and puts them back, which a quorum queue
+/// counts as a delivery; RabbitMQ 4 gives quorum queues a default limit of 20 and
+/// drops a message past it. No operator lists a queue a million times; -1
+/// (unlimited in 4.x) is refused by 3.x.
+pub const DLQ_DELIVERY_LIMIT: i64 = 1_000_000;
+
 /// Headers the worker reads and writes.
 pub mod headers {
     /// Execution attempts made so far (on retry copies).
@@ -85,6 +91,8 @@ pub enum Arg {
 #[derive(Debug, Clone)]
 pub struct ExchangeSpec {
     pub name: String,
+    /// Topic for the contract's exchanges; fanout for `P.control`.
+    pub fanout: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +155,11 @@ impl Topology {
         format!("{}.jobs.dlq", self.prefix)
     }
 
+    /// Where `status` pings the running workers (see `broker::control`).
+    pub fn control(&self) -> String {
+        format!("{}.control", self.prefix)
+    }
+
     /// The queue where a job waits `delay` before going back to `P.jobs`.
     pub fn retry_queue(&self, delay: Duration) -> String {
         format!("{}.retry.{}", self.prefix, format_duration(delay))
@@ -161,10 +174,19 @@ impl Topology {
     }
 
     pub fn exchanges(&self) -> Vec<ExchangeSpec> {
-        [self.jobs(), self.results(), self.audit(), self.dlx()]
-            .into_iter()
-            .map(|name| ExchangeSpec { name })
-            .collect()
+        let mut exchanges: Vec<ExchangeSpec> =
+            [self.jobs(), self.results(), self.audit(), self.dlx()]
+                .into_iter()
+                .map(|name| ExchangeSpec {
+                    name,
+                    fanout: false,
+                })
+                .collect();
+        exchanges.push(ExchangeSpec {
+            name: self.control(),
+            fanout: true,
+        });
+        exchanges
     }
 
     pub fn queues(&self) -> Vec<QueueSpec> {
@@ -191,7 +213,11 @@ impl Topology {
             quorum(self.jobs(), "jobs", jobs_args),
             quorum(self.results(), "results", vec![]),
             quorum(self.audit(), "audit", vec![]),
-            quorum(self.dlq(), "dead letters", vec![]),
+            quorum(
+                self.dlq(),
+                "dead letters",
+                vec![("x-delivery-limit", Arg::Int(DLQ_DELIVERY_LIMIT))],
+            ),
         ];
         for delay in &self.delays {
             let mut args = vec![
@@ -228,13 +254,13 @@ impl Topology {
             ..ExchangeDeclareOptions::default()
         };
         for exchange in self.exchanges() {
+            let kind = if exchange.fanout {
+                ExchangeKind::Fanout
+            } else {
+                ExchangeKind::Topic
+            };
             channel
-                .exchange_declare(
-                    exchange.name.into(),
-                    ExchangeKind::Topic,
-                    durable,
-                    FieldTable::default(),
-                )
+                .exchange_declare(exchange.name.into(), kind, durable, FieldTable::default())
                 .await?;
         }
         for queue in self.queues() {
@@ -267,7 +293,8 @@ impl Topology {
             .exchanges()
             .into_iter()
             .map(|e| {
-                json!({"name": e.name, "vhost": vhost, "type": "topic", "durable": true,
+                let kind = if e.fanout { "fanout" } else { "topic" };
+                json!({"name": e.name, "vhost": vhost, "type": kind, "durable": true,
                        "auto_delete": false, "internal": false, "arguments": {}})
             })
             .collect();

@@ -4,7 +4,7 @@
 use clap::Args;
 
 use crate::broker::topology::Topology;
-use crate::config::{ConfigError, parse_duration, split_list};
+use crate::config::{ConfigError, parse_retry_delays};
 
 #[derive(Args, Debug, Clone)]
 pub struct DefinitionsArgs {
@@ -20,15 +20,7 @@ pub struct DefinitionsArgs {
 }
 
 pub fn run(args: &DefinitionsArgs) -> Result<(), ConfigError> {
-    let delays = split_list(&args.retry_delays, ',')
-        .iter()
-        .map(|d| {
-            parse_duration(d).ok_or_else(|| ConfigError {
-                var: "RETRY_DELAYS",
-                message: format!("{d:?} is not a duration"),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let delays = parse_retry_delays(&args.retry_delays)?;
     let topology = Topology::new(&args.queue_prefix, &delays);
     // A JSON value always serializes.
     println!(

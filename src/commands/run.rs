@@ -66,6 +66,7 @@ pub async fn serve(
         grace: settings.shutdown_grace,
         audit_all: settings.audit == AuditLevel::All,
         health,
+        name: crate::broker::control::worker_name(),
     });
     tracing::info!(
         broker = %settings.broker.url,

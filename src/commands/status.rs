@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::broker::topology::Topology;
-use crate::config::{BrokerArgs, BrokerSettings, ConfigError, parse_duration, split_list};
+use crate::config::{BrokerArgs, BrokerSettings, ConfigError, parse_duration, parse_retry_delays};
 use crate::ops::status;
 use crate::outcome::{now, rfc3339};
 
@@ -35,15 +35,7 @@ pub struct Status {
 
 impl StatusArgs {
     pub fn settings(&self) -> Result<Status, ConfigError> {
-        let retry_delays = split_list(&self.retry_delays, ',')
-            .iter()
-            .map(|d| {
-                parse_duration(d).ok_or_else(|| ConfigError {
-                    var: "RETRY_DELAYS",
-                    message: format!("{d:?} is not a duration"),
-                })
-            })
-            .collect::<Result<_, _>>()?;
+        let retry_delays = parse_retry_delays(&self.retry_delays)?;
         let watch =
             match &self.watch {
                 None => None,
@@ -70,11 +62,11 @@ pub async fn run(cmd: Status) -> anyhow::Result<i32> {
     // Redraw in place only for a person watching a terminal.
     let redraw = cmd.watch.is_some() && !cmd.json && std::io::stdout().is_terminal();
     loop {
-        let queues = status::snapshot(&connection, &topology).await?;
+        let snapshot = status::snapshot(&connection, &topology).await?;
         let at = rfc3339(now());
         let mut out = std::io::stdout().lock();
         if cmd.json {
-            writeln!(out, "{}", status::to_json(&queues, &at))?;
+            writeln!(out, "{}", status::to_json(&snapshot, &at))?;
         } else {
             if redraw {
                 write!(out, "\x1b[H\x1b[2J")?;
@@ -82,7 +74,7 @@ pub async fn run(cmd: Status) -> anyhow::Result<i32> {
             if cmd.watch.is_some() {
                 writeln!(out, "{at}  prefix {}  (Ctrl-C to stop)", topology.prefix())?;
             }
-            write!(out, "{}", status::to_table(&queues))?;
+            write!(out, "{}", status::to_table(&snapshot))?;
             if cmd.watch.is_some() && !redraw {
                 writeln!(out)?;
             }

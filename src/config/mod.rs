@@ -519,7 +519,7 @@ impl RunArgs {
                 ),
             ));
         }
-        let retry_delays = self.retry_delays()?;
+        let retry_delays = parse_retry_delays(&self.retry_delays)?;
         let admin_raw = or_default(&self.admin_addr, "127.0.0.1:9090");
         let admin_addr = admin_raw.parse().map_err(|_| {
             bad(
@@ -568,27 +568,29 @@ impl RunArgs {
             storage,
         })
     }
+}
 
-    fn retry_delays(&self) -> Result<Vec<Duration>, ConfigError> {
-        let items = split_list(or_default(&self.retry_delays, "5s,30s,2m,10m"), ',');
-        if items.is_empty() {
-            return Err(bad("RETRY_DELAYS", "is empty"));
-        }
-        items
-            .iter()
-            .map(|raw| {
-                let d = parse_duration(raw)
-                    .ok_or_else(|| bad("RETRY_DELAYS", format!("{raw:?} is not a duration")))?;
-                if d.is_zero() || d > MAX_RETRY_DELAY {
-                    return Err(bad(
-                        "RETRY_DELAYS",
-                        format!("{raw:?} must be between 1ms and 24h"),
-                    ));
-                }
-                Ok(d)
-            })
-            .collect()
+/// `RETRY_DELAYS`: a comma list of durations, each from 1 ms to 24 h; shared by
+/// `run`, `status` and `definitions`, which name the retry queues after them.
+pub fn parse_retry_delays(raw: &str) -> Result<Vec<Duration>, ConfigError> {
+    let items = split_list(or_default(raw, "5s,30s,2m,10m"), ',');
+    if items.is_empty() {
+        return Err(bad("RETRY_DELAYS", "is empty"));
     }
+    items
+        .iter()
+        .map(|raw| {
+            let d = parse_duration(raw)
+                .ok_or_else(|| bad("RETRY_DELAYS", format!("{raw:?} is not a duration")))?;
+            if d.is_zero() || d > MAX_RETRY_DELAY {
+                return Err(bad(
+                    "RETRY_DELAYS",
+                    format!("{raw:?} must be between 1ms and 24h"),
+                ));
+            }
+            Ok(d)
+        })
+        .collect()
 }
 
 fn check_storage_endpoint(raw: &str) -> Result<String, ConfigError> {

@@ -1,21 +1,28 @@
-//! `status`: ready messages and consumers of every queue of the topology, from a
-//! passive `queue.declare` each: AMQP alone, nothing declared, nothing consumed.
+//! `status`: ready, unacknowledged and consumers of every queue of the topology, over
+//! AMQP alone: nothing declared, nothing consumed.
 //!
-//! AMQP 0-9-1 reports ready messages and consumers, never unacknowledged ones (they
-//! are known to the broker's management API and `rabbitmqctl` only). Reading them
-//! some other way over AMQP would mean taking messages, which changes what is
-//! measured; so the count is shown as `n/a`, and `null` in JSON.
+//! A passive `queue.declare` reports ready messages and consumers. Unacknowledged
+//! messages are held by consumers, so they are asked: every running worker answers a
+//! ping on `P.control` with the deliveries it holds (see `broker::control`). A queue
+//! with no consumer has none unacknowledged; a queue whose consumers are not all
+//! workers that answered shows `n/a`, never a guess.
+
+use std::time::Duration;
 
 use lapin::Connection;
 use serde_json::{Value, json};
 
 use super::OpsError;
 use super::table::{Align, Table};
+use crate::broker::control::{self, WorkerReport};
 use crate::broker::topology::Topology;
 
-/// Why there is no unacknowledged count; shown under the table and in the JSON.
-pub const UNACKED_NOTE: &str = "unacked: n/a, AMQP reports ready messages and consumers only; \
-     see `rabbitmqctl list_queues name messages_ready messages_unacknowledged consumers`";
+/// How long `status` waits for the workers' answers.
+const PING_WAIT: Duration = Duration::from_secs(1);
+
+/// Shown under the table when some count is unknown.
+pub const UNACKED_NOTE: &str = "unacked n/a: held by consumers that are not cxone workers (or did not answer); \
+     `rabbitmqctl list_queues name messages_unacknowledged` knows";
 
 /// One queue's numbers; `depth` is `None` when the queue does not exist.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,15 +35,21 @@ pub struct QueueStatus {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Depth {
     pub ready: u32,
+    /// `None` when the consumers holding them could not be asked.
+    pub unacked: Option<u64>,
     pub consumers: u32,
 }
 
+/// The queues and the workers at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub queues: Vec<QueueStatus>,
+    pub workers: Vec<WorkerReport>,
+}
+
 /// The queues in the order a job meets them: jobs, retry queues (shortest delay
-/// first), DLQ, then the outputs.
-pub async fn snapshot(
-    connection: &Connection,
-    topology: &Topology,
-) -> Result<Vec<QueueStatus>, OpsError> {
+/// first), DLQ, then the outputs; and the workers consuming the jobs queue.
+pub async fn snapshot(connection: &Connection, topology: &Topology) -> Result<Snapshot, OpsError> {
     let rank = |role: &str| {
         ["jobs", "retry", "dead letters", "results", "audit"]
             .iter()
@@ -45,24 +58,49 @@ pub async fn snapshot(
     let mut specs = topology.queues();
     // A stable sort keeps the retry queues in delay order.
     specs.sort_by_key(|q| rank(q.role));
-    let mut out = Vec::with_capacity(specs.len());
+    let mut queues = Vec::with_capacity(specs.len());
     for spec in specs {
         let depth = super::peek_queue(connection, &spec.name)
             .await?
             .map(|q| Depth {
                 ready: q.message_count(),
+                unacked: (q.consumer_count() == 0).then_some(0),
                 consumers: q.consumer_count(),
             });
-        out.push(QueueStatus {
+        queues.push(QueueStatus {
             name: spec.name,
             role: spec.role,
             depth,
         });
     }
-    Ok(out)
+    let jobs_consumers = queues
+        .iter()
+        .find(|q| q.role == "jobs")
+        .and_then(|q| q.depth)
+        .map_or(0, |d| d.consumers);
+    let workers = control::ping(connection, topology, jobs_consumers, PING_WAIT).await?;
+    Ok(Snapshot {
+        queues: with_worker_counts(queues, &workers),
+        workers,
+    })
 }
 
-pub fn to_table(queues: &[QueueStatus]) -> String {
+/// Fills in the jobs queue's unacknowledged count when every consumer of it is a
+/// worker that answered (a paused worker answers but does not consume).
+fn with_worker_counts(mut queues: Vec<QueueStatus>, workers: &[WorkerReport]) -> Vec<QueueStatus> {
+    let consuming = workers.iter().filter(|w| w.consuming).count() as u32;
+    for q in &mut queues {
+        if let (Some(depth), "jobs") = (q.depth.as_mut(), q.role)
+            && depth.consumers > 0
+            && consuming >= depth.consumers
+        {
+            depth.unacked = Some(workers.iter().map(|w| w.unacked).sum());
+        }
+    }
+    queues
+}
+
+pub fn to_table(snapshot: &Snapshot) -> String {
     let mut table = Table::new(&[
         ("QUEUE", Align::Left),
         ("ROLE", Align::Left),
@@ -70,13 +108,16 @@ pub fn to_table(queues: &[QueueStatus]) -> String {
         ("UNACKED", Align::Right),
         ("CONSUMERS", Align::Right),
     ]);
-    for q in queues {
+    let mut unknown = false;
+    for q in &snapshot.queues {
         let (ready, unacked, consumers) = match q.depth {
-            Some(d) => (
-                d.ready.to_string(),
-                "n/a".to_owned(),
-                d.consumers.to_string(),
-            ),
+            Some(d) => {
+                unknown |= d.unacked.is_none();
+                let unacked = d
+                    .unacked
+                    .map_or_else(|| "n/a".to_owned(), |n| n.to_string());
+                (d.ready.to_string(), unacked, d.consumers.to_string())
+            }
             None => ("missing".to_owned(), "-".to_owned(), "-".to_owned()),
         };
         table.row(vec![
@@ -87,11 +128,45 @@ pub fn to_table(queues: &[QueueStatus]) -> String {
             consumers,
         ]);
     }
-    format!("{}{UNACKED_NOTE}\n", table.render())
+    let mut out = table.render();
+    if !snapshot.workers.is_empty() {
+        let mut workers = Table::new(&[
+            ("WORKER", Align::Left),
+            ("STATE", Align::Left),
+            ("UNACKED", Align::Right),
+            ("PREFETCH", Align::Right),
+            ("VERSION", Align::Left),
+        ]);
+        for w in &snapshot.workers {
+            workers.row(vec![
+                w.worker.clone(),
+                state(w),
+                w.unacked.to_string(),
+                w.prefetch.to_string(),
+                w.version.clone(),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&workers.render());
+    }
+    if unknown {
+        out.push_str(UNACKED_NOTE);
+        out.push('\n');
+    }
+    out
 }
 
-pub fn to_json(queues: &[QueueStatus], at: &str) -> Value {
-    let queues: Vec<Value> = queues
+fn state(w: &WorkerReport) -> String {
+    match (&w.paused, w.consuming) {
+        (Some(reason), _) => format!("paused: {reason}"),
+        (None, true) => "consuming".into(),
+        (None, false) => "not consuming".into(),
+    }
+}
+
+pub fn to_json(snapshot: &Snapshot, at: &str) -> Value {
+    let queues: Vec<Value> = snapshot
+        .queues
         .iter()
         .map(|q| {
             json!({
@@ -99,44 +174,99 @@ pub fn to_json(queues: &[QueueStatus], at: &str) -> Value {
                 "role": q.role,
                 "exists": q.depth.is_some(),
                 "ready": q.depth.map(|d| d.ready),
-                "unacked": Value::Null,
+                "unacked": q.depth.and_then(|d| d.unacked),
                 "consumers": q.depth.map(|d| d.consumers),
             })
         })
         .collect();
-    json!({"at": at, "queues": queues, "unacked_note": UNACKED_NOTE})
+    json!({"at": at, "queues": queues, "workers": snapshot.workers, "unacked_note": UNACKED_NOTE})
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn queue(name: &str, role: &'static str, ready: u32, consumers: u32) -> QueueStatus {
+        QueueStatus {
+            name: name.into(),
+            role,
+            depth: Some(Depth {
+                ready,
+                unacked: (consumers == 0).then_some(0),
+                consumers,
+            }),
+        }
+    }
+
+    fn worker(unacked: u64, consuming: bool) -> WorkerReport {
+        WorkerReport {
+            worker: "host:1".into(),
+            version: "0.1.0".into(),
+            unacked,
+            prefetch: 16,
+            consuming,
+            paused: None,
+        }
+    }
+
     #[test]
-    fn missing_queues_and_unknown_unacked_are_plain() {
-        let queues = [
-            QueueStatus {
-                name: "p.jobs".into(),
-                role: "jobs",
-                depth: Some(Depth {
-                    ready: 1200,
-                    consumers: 2,
-                }),
-            },
+    fn unacked_counts_come_from_the_workers_or_are_n_a() {
+        let queues = vec![
+            queue("p.jobs", "jobs", 1200, 2),
+            queue("p.results", "results", 5, 1),
             QueueStatus {
                 name: "p.retry.5s".into(),
                 role: "retry",
                 depth: None,
             },
+            queue("p.audit", "audit", 7, 0),
         ];
-        let table = to_table(&queues);
+        let both = with_worker_counts(queues.clone(), &[worker(16, true), worker(3, true)]);
+        assert_eq!(both[0].depth.unwrap().unacked, Some(19));
+        assert_eq!(
+            both[1].depth.unwrap().unacked,
+            None,
+            "results are held by someone else"
+        );
+        assert_eq!(
+            both[3].depth.unwrap().unacked,
+            Some(0),
+            "no consumer, nothing unacknowledged"
+        );
+        let one = with_worker_counts(queues, &[worker(16, true)]);
+        assert_eq!(
+            one[0].depth.unwrap().unacked,
+            None,
+            "a consumer that did not answer"
+        );
+    }
+
+    #[test]
+    fn tables_and_json() {
+        let snapshot = Snapshot {
+            queues: with_worker_counts(
+                vec![
+                    queue("p.jobs", "jobs", 1200, 1),
+                    queue("p.results", "results", 5, 1),
+                ],
+                &[worker(16, true)],
+            ),
+            workers: vec![worker(16, true)],
+        };
+        let table = to_table(&snapshot);
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines[0], "QUEUE       ROLE     READY  UNACKED  CONSUMERS");
-        assert_eq!(lines[1], "p.jobs      jobs      1200      n/a          2");
-        assert_eq!(lines[2], "p.retry.5s  retry  missing        -          -");
-        assert!(lines[3].starts_with("unacked: n/a"));
-        let j = to_json(&queues, "t");
-        assert_eq!(j["queues"][0]["ready"], 1200);
-        assert!(j["queues"][0]["unacked"].is_null());
-        assert_eq!(j["queues"][1]["exists"], false);
+        assert_eq!(lines[0], "QUEUE      ROLE     READY  UNACKED  CONSUMERS");
+        assert_eq!(lines[1], "p.jobs     jobs      1200       16          1");
+        assert_eq!(lines[2], "p.results  results      5      n/a          1");
+        assert!(lines[4].starts_with("WORKER"), "{table}");
+        assert!(
+            lines[5].contains("consuming") && lines[5].contains("16"),
+            "{table}"
+        );
+        assert!(table.contains("unacked n/a"));
+        let j = to_json(&snapshot, "t");
+        assert_eq!(j["queues"][0]["unacked"], 16);
+        assert!(j["queues"][1]["unacked"].is_null());
+        assert_eq!(j["workers"][0]["prefetch"], 16);
     }
 }
