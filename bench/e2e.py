@@ -32,6 +32,20 @@ def cpu_seconds(pid):
     return sum(int(x) for x in fields[11:15]) / TICK
 
 
+def context_switches(pid):
+    """Voluntary + involuntary context switches of all of a process's threads."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
 def peak_rss_mb(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -86,6 +100,9 @@ def wait_results(ch, queue, n, proc, timeout):
 
 
 def run_one(name, cmd, env, ch, results_queue, n, sim_pid, cwd=None):
+    if os.environ.get("BENCH_STRACE") and name == "cxone-worker":
+        # Diagnostics only: counts syscalls by kind, with strace's heavy overhead.
+        cmd = ["strace", "-f", "-c", "-o", os.environ["BENCH_STRACE"]] + cmd
     if os.environ.get("BENCH_PERF") and name == "cxone-worker":
         # Profiling only: the figures then include perf's own overhead.
         cmd = ["perf", "record", "-e", "cpu-clock", "-F", "1000", "--call-graph", "dwarf,16384", "-o", os.environ["BENCH_PERF"], "--"] + cmd
@@ -94,6 +111,7 @@ def run_one(name, cmd, env, ch, results_queue, n, sim_pid, cwd=None):
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     took, rss = wait_results(ch, results_queue, n, proc, timeout=900)
     own = cpu_seconds(proc.pid)
+    switches = context_switches(proc.pid)
     r1, s1 = cpu_seconds(rabbit), cpu_seconds(sim_pid)
     proc.send_signal(signal.SIGTERM)
     try:
@@ -101,7 +119,7 @@ def run_one(name, cmd, env, ch, results_queue, n, sim_pid, cwd=None):
     except subprocess.TimeoutExpired:
         proc.kill()
     return {"name": name, "jobs": n, "seconds": took, "jobs_per_s": n / took,
-            "cpu_ms_per_job": own * 1000 / n, "peak_rss_mb": rss,
+            "cpu_ms_per_job": own * 1000 / n, "peak_rss_mb": rss, "switches_per_job": switches / n,
             "rabbitmq_cpu_ms_per_job": (r1 - r0) * 1000 / n, "sim_cpu_ms_per_job": (s1 - s0) * 1000 / n}
 
 
@@ -190,11 +208,12 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n{a.jobs} jobs of {a.size} bytes, concurrency {a.concurrency}, on {os.cpu_count()} cores")
-    head = f"{'consumer':<16}{'jobs/s':>10}{'CPU ms/job':>12}{'peak RSS MB':>13}{'RabbitMQ ms/job':>17}{'sim ms/job':>12}"
+    head = (f"{'consumer':<16}{'jobs/s':>10}{'CPU ms/job':>12}{'peak RSS MB':>13}{'RabbitMQ ms/job':>17}"
+            f"{'sim ms/job':>12}{'ctx sw/job':>12}")
     print(head); print("-" * len(head))
     for r in rows:
         print(f"{r['name']:<16}{r['jobs_per_s']:>10.0f}{r['cpu_ms_per_job']:>12.3f}{r['peak_rss_mb']:>13.1f}"
-              f"{r['rabbitmq_cpu_ms_per_job']:>17.3f}{r['sim_cpu_ms_per_job']:>12.3f}")
+              f"{r['rabbitmq_cpu_ms_per_job']:>17.3f}{r['sim_cpu_ms_per_job']:>12.3f}{r['switches_per_job']:>12.1f}")
     if len(rows) == 2:
         w, s = rows
         print(f"\nworker vs seed: {w['jobs_per_s'] / s['jobs_per_s']:.1f}x jobs/s, "

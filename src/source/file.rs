@@ -54,6 +54,11 @@ fn io_failure(what: &str, e: &io::Error) -> Failure {
 
 /// Opens the file a `file://` reference names, and checks its size from metadata
 /// before a byte is read. Blocking: call from `spawn_blocking`.
+///
+/// The file is opened first and the kernel then says where the descriptor really
+/// points (`/proc/self/fd`): one `open` and one `readlink` for the common case, and
+/// no window between a check and the open. Only a failed open walks the path to
+/// tell "outside the roots" from "missing".
 pub(crate) fn open(reference: &str, roots: &Roots, max: u64) -> Result<OpenedFile, Failure> {
     let raw = reference
         .strip_prefix("file://localhost")
@@ -63,28 +68,72 @@ pub(crate) fn open(reference: &str, roots: &Roots, max: u64) -> Result<OpenedFil
     if !path.is_absolute() {
         return Err(denied(format!("{raw:?} is not an absolute path")));
     }
-    let path = match roots {
-        Roots::Any => path.to_path_buf(),
-        Roots::Only(roots) => confine(path, roots)?,
+    let (file, path) = match roots {
+        Roots::Any => (
+            open_nonblocking(path).map_err(|e| io_failure("cannot open the file", &e))?,
+            path.to_path_buf(),
+        ),
+        Roots::Only(roots) => {
+            if roots.is_empty() {
+                return Err(denied(
+                    "file:// references are disabled (FILE_ROOTS is empty)",
+                ));
+            }
+            let lexical = normalize(path);
+            match open_nonblocking(&lexical) {
+                Ok(file) => {
+                    check_inside(&file, &lexical, roots, path)?;
+                    (file, lexical)
+                }
+                // Missing, or not reachable: was it inside the roots at all?
+                Err(e) => {
+                    confine(path, roots)?;
+                    return Err(io_failure("cannot open the file", &e));
+                }
+            }
+        }
     };
-    // Refuse FIFOs and devices before opening: opening a FIFO blocks until a writer comes.
-    let meta = std::fs::metadata(&path).map_err(|e| io_failure("cannot open the file", &e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| io_failure("cannot read the file's metadata", &e))?;
     if !meta.is_file() {
         return Err(Failure::permanent(
             ErrorKind::FileNotFound,
-            "the reference does not name a regular file",
+            format!("{} is not a regular file", path.display()),
         ));
     }
-    let file = File::open(&path).map_err(|e| io_failure("cannot open the file", &e))?;
-    if let Roots::Only(roots) = roots {
-        recheck_opened(&file, roots)?;
-    }
-    let size = file
-        .metadata()
-        .map_err(|e| io_failure("cannot read the file's metadata", &e))?
-        .len();
+    let size = meta.len();
     check_size(size, max)?;
     Ok(OpenedFile { file, size })
+}
+
+/// Opens for reading without blocking on a FIFO (which would wait for a writer);
+/// regular files read the same with or without the flag.
+fn open_nonblocking(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
+
+/// Refuses an open file that really lies outside `roots`, whatever path led to it.
+fn check_inside(
+    file: &File,
+    lexical: &Path,
+    roots: &[PathBuf],
+    shown: &Path,
+) -> Result<(), Failure> {
+    use std::os::fd::AsRawFd;
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        // No /proc: resolve the path instead (the file is open, so it exists).
+        .or_else(|_| lexical.canonicalize())
+        .map_err(|e| io_failure("cannot resolve the file's path", &e))?;
+    if roots.iter().any(|root| real.starts_with(root)) {
+        Ok(())
+    } else {
+        Err(denied(format!("{} is outside FILE_ROOTS", shown.display())))
+    }
 }
 
 /// Resolves `path` to the canonical path it leads to, and refuses it unless that
@@ -149,22 +198,6 @@ fn resolve_existing_prefix(path: &Path) -> (PathBuf, bool) {
                 _ => return (path.to_path_buf(), false),
             },
         }
-    }
-}
-
-/// Checks where the open descriptor really points, closing the window between the
-/// check in [`confine`] and the open (a directory swapped for a link meanwhile).
-fn recheck_opened(file: &File, roots: &[PathBuf]) -> Result<(), Failure> {
-    use std::os::fd::AsRawFd;
-    let Ok(real) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) else {
-        return Ok(()); // no /proc: the check before opening stands alone
-    };
-    if roots.iter().any(|root| real.starts_with(root)) {
-        Ok(())
-    } else {
-        Err(denied(
-            "the file moved outside FILE_ROOTS while being opened",
-        ))
     }
 }
 
@@ -353,6 +386,25 @@ mod tests {
                 }
             ));
         }
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let t = tree();
+        let fifo = t.root.join("pipe.pdf");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reference = format!("file://{}", fifo.display());
+        let roots = Roots::Only(vec![t.root.clone()]);
+        std::thread::spawn(move || tx.send(open(&reference, &roots, 100).map(|f| f.size())));
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("opening a FIFO must not wait for a writer");
+        assert!(
+            matches!(got, Err(Failure::Permanent { kind: ErrorKind::FileNotFound, .. })),
+            "{got:?}"
+        );
     }
 
     #[test]
