@@ -80,16 +80,14 @@ impl Publisher {
         })
     }
 
-    /// Sends every message, then waits for all their confirms: the sends go out
-    /// back to back, so the job pays one round trip, not one per message.
+    /// Sends every message, then waits for all their confirms. The sends are handed
+    /// to the connection's I/O thread together (polled in order, so their order on
+    /// the channel is kept), and it writes them in one go: a job pays one trip to
+    /// that thread and one wait for confirms, not one of each per message.
     pub async fn publish_all(&self, messages: Vec<Outgoing>) -> Result<(), PublishError> {
-        let mut pending = Vec::with_capacity(messages.len());
-        for message in messages {
-            pending.push(self.send(message).await?);
-        }
-        for p in pending {
-            p.confirmed().await?;
-        }
+        let sent =
+            futures_util::future::try_join_all(messages.into_iter().map(|m| self.send(m))).await?;
+        futures_util::future::try_join_all(sent.into_iter().map(Pending::confirmed)).await?;
         Ok(())
     }
 }

@@ -392,7 +392,10 @@ mod tests {
     fn a_fifo_is_refused_without_blocking() {
         let t = tree();
         let fifo = t.root.join("pipe.pdf");
-        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
         assert!(made.success());
         let (tx, rx) = std::sync::mpsc::channel();
         let reference = format!("file://{}", fifo.display());
@@ -402,7 +405,13 @@ mod tests {
             .recv_timeout(std::time::Duration::from_secs(5))
             .expect("opening a FIFO must not wait for a writer");
         assert!(
-            matches!(got, Err(Failure::Permanent { kind: ErrorKind::FileNotFound, .. })),
+            matches!(
+                got,
+                Err(Failure::Permanent {
+                    kind: ErrorKind::FileNotFound,
+                    ..
+                })
+            ),
             "{got:?}"
         );
     }
