@@ -7,16 +7,12 @@
 //! One loop owns every acknowledgement: a job's task reports how it ended and the
 //! loop acks or nacks, so a delivery is never settled twice.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
-use lapin::Acker;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::task::{Id, JoinSet};
@@ -24,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::control::WorkerReport;
+use super::ledger::{Ledger, nack};
 use super::outputs::{self, read_job_headers};
 use super::publisher::Publisher;
 use super::topology::Topology;
@@ -132,7 +129,7 @@ struct Session {
     /// Set once we asked the broker to stop this consumer: its end is expected.
     cancelling: bool,
     tasks: JoinSet<TaskEnd>,
-    held: HashMap<Id, Acker>,
+    ledger: Ledger,
     probe: Option<tokio::task::JoinHandle<Result<(), crate::job::Failure>>>,
     /// Pings from `cxone-worker status`.
     control: lapin::Consumer,
@@ -157,7 +154,7 @@ impl Session {
             consumer: None,
             cancelling: false,
             tasks: JoinSet::new(),
-            held: HashMap::new(),
+            ledger: Ledger::default(),
             probe: None,
             control,
         })
@@ -239,7 +236,7 @@ impl Session {
                     let report = WorkerReport {
                         worker: c.name.clone(),
                         version: env!("CARGO_PKG_VERSION").into(),
-                        unacked: self.held.len() as u64,
+                        unacked: self.ledger.unacked() as u64,
                         prefetch: c.prefetch,
                         consuming: self.consumer.is_some() && !self.cancelling,
                         paused: pause.as_ref().map(|p| p.cause.as_str().to_owned()),
@@ -305,7 +302,7 @@ impl Session {
         } = delivery;
         let task = process_delivery(c.clone(), self.publisher.clone(), data, properties);
         let id = self.tasks.spawn(task).id();
-        self.held.insert(id, acker);
+        self.ledger.hold(id, acker);
     }
 
     /// Acks or nacks a finished job; an error means the session is lost.
@@ -321,22 +318,11 @@ impl Session {
                 // A panic is a bug, not the job's fault; the delivery limit of the
                 // jobs queue dead-letters a message that keeps causing one.
                 tracing::error!(error = %e, "a job task failed; handing the job back");
-                let acker = self.held.remove(&e.id());
-                return match acker {
-                    Some(a) => nack(&a).await,
-                    None => Ok(()),
-                };
+                return self.ledger.hand_back(e.id()).await;
             }
         };
-        let Some(acker) = self.held.remove(&id) else {
-            return Ok(());
-        };
         match end {
-            TaskEnd::Ack => acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map(|_| ())
-                .map_err(|e| chain(&e)),
+            TaskEnd::Ack => self.ledger.ack(id).await,
             TaskEnd::HandBack(cause, error) => {
                 if pause.is_none() {
                     tracing::warn!(cause = cause.as_str(), error = %error, "pausing: not the jobs' fault");
@@ -352,10 +338,10 @@ impl Session {
                 // Stop the consumer first, so the job handed back is not delivered
                 // straight back to us.
                 self.stop_consuming(c).await;
-                nack(&acker).await
+                self.ledger.hand_back(id).await
             }
             TaskEnd::PublishFailed(error) => {
-                nack(&acker).await?;
+                self.ledger.hand_back(id).await?;
                 Err(format!("an outcome was not confirmed: {error}"))
             }
         }
@@ -391,9 +377,7 @@ impl Session {
             self.tasks.abort_all();
             while self.tasks.join_next().await.is_some() {}
         }
-        for (_, acker) in self.held.drain() {
-            let _ = nack(&acker).await;
-        }
+        self.ledger.hand_back_all().await;
         SessionEnd::Shutdown
     }
 
@@ -417,17 +401,6 @@ async fn sleep_until_opt(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-async fn nack(acker: &Acker) -> Result<(), String> {
-    acker
-        .nack(BasicNackOptions {
-            requeue: true,
-            multiple: false,
-        })
-        .await
-        .map(|_| ())
-        .map_err(|e| chain(&e))
 }
 
 /// One delivery: the worker decides, the outputs are published and confirmed.

@@ -4,6 +4,7 @@
 
 pub mod consumer;
 pub mod control;
+mod ledger;
 pub mod outputs;
 pub mod publisher;
 pub mod topology;
