@@ -14,7 +14,12 @@ export PATH="$PWD/.tools/bin:$PATH"
 
 cargo test --all-targets
 cargo build --release
-python3 ../shared/conformance/run.py --worker target/release/cxone-worker
+conformance="${CONFORMANCE_DIR:-../shared/conformance}"
+if [ ! -f "$conformance/run.py" ]; then
+  echo "test.sh: the conformance suite is not at $conformance (set CONFORMANCE_DIR)" >&2
+  exit 1
+fi
+python3 "$conformance/run.py" --worker target/release/cxone-worker
 cargo clippy --all-targets -- -D warnings
 cargo fmt --check
 echo "all checks passed"
