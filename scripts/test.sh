@@ -19,7 +19,7 @@ if [ ! -f "$conformance/run.py" ]; then
   echo "test.sh: the conformance suite is not at $conformance (set CONFORMANCE_DIR)" >&2
   exit 1
 fi
-python3 "$conformance/run.py" --worker target/release/cxone-worker
+python3 "$conformance/run.py" --worker "${CARGO_TARGET_DIR:-target}/release/cxone-worker"
 cargo clippy --all-targets -- -D warnings
 cargo fmt --check
 echo "all checks passed"
