@@ -47,14 +47,16 @@ impl ByteBudget {
     /// Waits until `bytes` fit beside what other jobs hold. A file larger than the
     /// whole budget takes all of it (config ensures MAX_PAYLOAD_BYTES fits).
     pub async fn reserve(&self, bytes: u64) -> Reservation {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
+        // A guard, not a decrement after the await: a job cancelled while it waits
+        // (shutdown, a lost channel) must not leave `try_reserve` refusing forever.
+        let _waiting = Waiting::enter(&self.waiting);
         let permit = self
             .permits
             .clone()
             .acquire_many_owned(self.units(bytes))
             .await
             .expect("the budget's semaphore is never closed");
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        drop(_waiting);
         metrics::gauge!(names::IN_FLIGHT_BYTES).increment(bytes as f64);
         Reservation {
             _permit: permit,
@@ -89,6 +91,22 @@ impl ByteBudget {
     /// Bytes free right now (tests and metrics).
     pub fn available(&self) -> u64 {
         self.permits.available_permits() as u64 * UNIT
+    }
+}
+
+/// Counts one waiter for as long as it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -143,6 +161,20 @@ mod tests {
             "room and nobody waiting"
         );
         drop(large);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_wait_does_not_block_later_jobs() {
+        let budget = ByteBudget::new(10 * UNIT);
+        let held = budget.reserve(8 * UNIT).await;
+        let cancelled =
+            tokio::time::timeout(Duration::from_millis(20), budget.reserve(5 * UNIT)).await;
+        assert!(cancelled.is_err(), "5 KiB cannot fit beside 8 of 10");
+        drop(held);
+        assert!(
+            budget.try_reserve(UNIT).is_some(),
+            "the waiter that gave up no longer counts"
+        );
     }
 
     #[tokio::test]

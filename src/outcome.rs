@@ -63,6 +63,9 @@ pub struct Report {
     pub original_size: Option<u64>,
     pub encoded_size: Option<u64>,
     pub sha256: Option<String>,
+    /// The execution succeeded, in this delivery or an earlier one.
+    pub executed: bool,
+    /// Its id, when the API answered one.
     pub execution_id: Option<String>,
     pub storage_uri: Option<String>,
     /// Execution attempts, all deliveries and retries counted.
@@ -93,6 +96,7 @@ impl Report {
             original_size: None,
             encoded_size: None,
             sha256: None,
+            executed: false,
             execution_id: None,
             storage_uri: None,
             attempts,

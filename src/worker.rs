@@ -31,10 +31,20 @@ const INLINE_ENCODE_MAX: usize = 256 * 1024;
 pub struct Incoming {
     pub body: Vec<u8>,
     pub message_id: Option<String>,
-    /// Execution attempts made by earlier deliveries of this job.
+    /// What earlier deliveries of this job left in its headers.
+    pub carried: Carried,
+}
+
+/// A job's progress as earlier deliveries leave it for the next one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Carried {
+    /// Execution attempts made so far.
     pub attempts: u32,
-    /// Set when the execution already succeeded and only the storage write is left.
+    /// The execution already succeeded and only the storage write is left. Kept
+    /// apart from the id because the API may answer success without one.
+    pub executed: bool,
     pub execution_id: Option<String>,
+    /// Storage writes that failed after the execution succeeded.
     pub sync_failures: u32,
 }
 
@@ -84,7 +94,7 @@ impl WorkerConfig {
             Failure::Retryable { message } => {
                 // A failed storage write after a successful execution counts its own
                 // tries: the job is not executed again.
-                let tries = if report.execution_id.is_some() {
+                let tries = if report.executed {
                     report.sync_failures
                 } else {
                     report.attempts
@@ -173,10 +183,11 @@ impl Worker {
         let mut report = Report::new(
             loose_id.unwrap_or_else(|| key.clone()),
             key,
-            incoming.attempts,
+            incoming.carried.attempts,
         );
-        report.execution_id = incoming.execution_id.clone();
-        report.sync_failures = incoming.sync_failures;
+        report.executed = incoming.carried.executed;
+        report.execution_id = incoming.carried.execution_id.clone();
+        report.sync_failures = incoming.carried.sync_failures;
         report.reach(Stage::Received);
         sink.reached(&report, Stage::Received);
 
@@ -196,8 +207,7 @@ impl Worker {
         if let Some(failure) = failure {
             // A transient failure before the execute call (the file's store timing
             // out, say) counts as an attempt too, or it could be retried forever.
-            let before_execution =
-                report.attempts == incoming.attempts && report.execution_id.is_none();
+            let before_execution = report.attempts == incoming.carried.attempts && !report.executed;
             if before_execution && matches!(failure, Failure::Retryable { .. }) {
                 report.attempts += 1;
             }
@@ -245,7 +255,7 @@ impl Worker {
             .map(|_| bytes.clone());
         drop(bytes);
 
-        if report.execution_id.is_none() {
+        if !report.executed {
             report.attempts += 1;
             metrics::counter!(names::ATTEMPTS).increment(1);
             self.tally.executions.fetch_add(1, Ordering::Relaxed);
@@ -253,6 +263,7 @@ impl Worker {
                 .client
                 .execute(&action, &report.key, encoded.body.clone())
                 .await?;
+            report.executed = true;
             report.execution_id = executed.execution_id;
             report.reach(Stage::Executed);
             sink.reached(report, Stage::Executed);
@@ -363,6 +374,7 @@ mod tests {
 
     fn report(attempts: u32, execution_id: Option<&str>, sync_failures: u32) -> Report {
         let mut r = Report::new("j".into(), "j".into(), attempts);
+        r.executed = execution_id.is_some();
         r.execution_id = execution_id.map(str::to_owned);
         r.sync_failures = sync_failures;
         r

@@ -258,6 +258,46 @@ async fn retries_count_attempts_and_keep_the_key() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_failed_storage_write_is_retried_without_a_second_execution() {
+    let mut w = Worker::new(
+        SimConfig::default(),
+        &[("MAX_ATTEMPTS", "20"), ("RETRY_DELAYS", "300ms")],
+    )
+    .await;
+    w.start().await;
+    // A plain file where the storage directory was: every write fails (ENOTDIR,
+    // even for root) until the test takes it away.
+    let sync = w.dir.path().join("sync");
+    std::fs::remove_dir(&sync).unwrap();
+    std::fs::write(&sync, b"not a directory").unwrap();
+    w.publish(&job("sync-1", &w.file("s.pdf", &pdf(2_000))))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !w.logs().contains("attempt failed") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no storage failure:\n{}",
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::remove_file(&sync).unwrap();
+
+    let got = w.results(1, Duration::from_secs(20)).await;
+    let r = &got[0].body;
+    assert_eq!(got[0].routing_key, "job.succeeded", "{r}");
+    assert_eq!(
+        r["attempts"], 1,
+        "storage retries are not execution attempts"
+    );
+    let stats = w.stats().await;
+    assert_eq!(stats["attempts"]["sync-1"], 1, "executed once: {stats}");
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(sync.join("sync-1.json")).unwrap()).unwrap();
+    assert_eq!(record["execution_id"], r["execution_id"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn exhausted_jobs_are_dead_lettered_after_max_attempts() {
     let mut w = Worker::new(SimConfig::default(), &[("MAX_ATTEMPTS", "3")]).await;
     w.start().await;

@@ -68,6 +68,11 @@ struct Pause {
     delays: backon::ExponentialBackoff,
 }
 
+/// Opening a session (connect, declare, QoS, channels) that takes longer than this
+/// is abandoned and retried: a peer that accepts TCP but never speaks AMQP, or a
+/// blackholed address, must not hold the worker forever.
+const OPEN_DEADLINE: Duration = Duration::from_secs(30);
+
 /// A paused worker probes at least this often, jitter included.
 const MAX_PROBE_DELAY: Duration = Duration::from_secs(30);
 
@@ -91,8 +96,13 @@ impl Consumer {
         let mut delays = reconnect.build();
         let mut pause: Option<Pause> = None;
         while !shutdown.is_cancelled() {
-            match Session::open(&self).await {
-                Ok(mut session) => {
+            // A signal while the session opens ends the wait: nothing is held yet.
+            let opened = tokio::select! {
+                opened = tokio::time::timeout(OPEN_DEADLINE, Session::open(&self)) => opened,
+                () = shutdown.cancelled() => return,
+            };
+            match opened {
+                Ok(Ok(mut session)) => {
                     delays = reconnect.build();
                     metrics::counter!(names::BROKER_SESSIONS).increment(1);
                     self.health.set_connected(true);
@@ -107,9 +117,13 @@ impl Consumer {
                         }
                     }
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     self.health.set_connected(false);
                     tracing::warn!(broker = %self.url, error = %chain(&e), "cannot open a broker session");
+                }
+                Err(_) => {
+                    self.health.set_connected(false);
+                    tracing::warn!(broker = %self.url, deadline = ?OPEN_DEADLINE, "opening a broker session took too long; retrying");
                 }
             }
             let wait = delays.next().unwrap_or(Duration::from_secs(30));
@@ -411,16 +425,13 @@ async fn process_delivery(
     properties: BasicProperties,
 ) -> TaskEnd {
     let _in_flight = InFlight::new();
-    let (attempts, execution_id, sync_failures) = read_job_headers(&properties);
     let incoming = Incoming {
         body,
         message_id: properties
             .message_id()
             .as_ref()
             .map(|m| m.as_str().to_owned()),
-        attempts,
-        execution_id,
-        sync_failures,
+        carried: read_job_headers(&properties),
     };
     let stages = Stages {
         topology: &c.topology,

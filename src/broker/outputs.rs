@@ -7,6 +7,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use super::publisher::Outgoing;
 use super::topology::{Topology, headers, routing, short, text};
 use crate::outcome::{AuditEvent, Outcome, Report, rfc3339};
+use crate::worker::Carried;
 
 /// The messages for a delivery that ended with `report` (not a hand-back).
 /// `original` is the delivery's body and properties: copies keep them unchanged.
@@ -24,7 +25,9 @@ pub fn messages(
                 headers::ATTEMPTS.into(),
                 AMQPValue::LongLongInt(i64::from(report.attempts)),
             );
-            if let Some(id) = &report.execution_id {
+            if report.executed {
+                // An empty id still says "executed": the API may not name one.
+                let id = report.execution_id.as_deref().unwrap_or_default();
                 h.insert(headers::EXECUTION_ID.into(), text(id));
                 h.insert(
                     headers::SYNC_FAILURES.into(),
@@ -121,22 +124,22 @@ impl Remove for FieldTable {
 }
 
 /// Reads the worker's headers off a delivery.
-pub fn read_job_headers(properties: &BasicProperties) -> (u32, Option<String>, u32) {
+pub fn read_job_headers(properties: &BasicProperties) -> Carried {
     let Some(h) = properties.headers() else {
-        return (0, None, 0);
+        return Carried::default();
     };
     let count = |key| {
         super::topology::header_int(h, key)
             .and_then(|n| u32::try_from(n).ok())
             .unwrap_or(0)
     };
-    let execution_id =
-        super::topology::header_text(h, headers::EXECUTION_ID).filter(|s| !s.is_empty());
-    (
-        count(headers::ATTEMPTS),
-        execution_id,
-        count(headers::SYNC_FAILURES),
-    )
+    let execution_id = super::topology::header_text(h, headers::EXECUTION_ID);
+    Carried {
+        attempts: count(headers::ATTEMPTS),
+        executed: execution_id.is_some(),
+        execution_id: execution_id.filter(|s| !s.is_empty()),
+        sync_failures: count(headers::SYNC_FAILURES),
+    }
 }
 
 #[cfg(test)]
@@ -190,7 +193,13 @@ mod tests {
             out[0].properties.message_id().as_ref().unwrap().as_str(),
             "m-1"
         );
-        assert_eq!(read_job_headers(&out[0].properties), (2, None, 0));
+        assert_eq!(
+            read_job_headers(&out[0].properties),
+            Carried {
+                attempts: 2,
+                ..Carried::default()
+            }
+        );
         let h = out[0].properties.headers().clone().unwrap();
         assert!(h.contains_key("custom") && !h.contains_key(headers::DELIVERY_COUNT));
         assert_eq!(out[1].routing_key, "audit.retry_scheduled");
@@ -244,6 +253,34 @@ mod tests {
         let out = messages(&topo(), &report(Outcome::Succeeded), b"{job}", &original());
         let keys: Vec<&str> = out.iter().map(|o| o.routing_key.as_str()).collect();
         assert_eq!(keys, ["job.succeeded", "audit.succeeded"]);
+    }
+
+    #[test]
+    fn an_execution_without_an_id_is_carried_as_executed() {
+        // Storage failed after an execution the API answered without an id: the
+        // retry must write the record again, not execute again.
+        let mut r = report(Outcome::Retry {
+            delay: Duration::from_millis(200),
+            error: "storage down".into(),
+        });
+        r.executed = true;
+        r.sync_failures = 1;
+        let out = messages(&topo(), &r, b"{job}", &original());
+        assert_eq!(
+            read_job_headers(&out[0].properties),
+            Carried {
+                attempts: 2,
+                executed: true,
+                execution_id: None,
+                sync_failures: 1,
+            }
+        );
+        r.execution_id = Some("exec-9".into());
+        let out = messages(&topo(), &r, b"{job}", &original());
+        assert_eq!(
+            read_job_headers(&out[0].properties).execution_id.as_deref(),
+            Some("exec-9")
+        );
     }
 
     #[test]

@@ -82,24 +82,29 @@ impl fmt::Display for AmqpUrl {
 
 /// Replaces the password of `scheme://user:password@host…` by `***`, working on the raw
 /// text so that even an unparsable URL is printed without its password.
+///
+/// A password typed without percent-encoding may hold `/`, `?`, `#` or `@`, so the
+/// user info runs to the *last* `@`; when the first `:` comes before any of
+/// `/?#`, everything from it to that `@` is masked. Erring this way can mask part of
+/// a path that holds `@`, never print a password.
 pub fn redact_url(raw: &str) -> String {
     let Some(scheme_end) = raw.find("://") else {
         return raw.to_owned();
     };
     let rest = &raw[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
+    let Some(at) = rest.rfind('@') else {
         return raw.to_owned();
     };
-    let userinfo = &authority[..at];
-    let user = userinfo.split(':').next().unwrap_or("");
-    let masked = if userinfo.contains(':') {
-        format!("{user}:***")
-    } else {
-        user.to_owned()
-    };
-    format!("{}{}{}", &raw[..scheme_end + 3], masked, &rest[at..])
+    let path_start = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest.find(':') {
+        Some(colon) if colon < at && colon < path_start => format!(
+            "{}{}:***{}",
+            &raw[..scheme_end + 3],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        _ => raw.to_owned(),
+    }
 }
 
 /// Parses `200ms`, `5s`, `2m`, `1h` (a whole number and a unit).
@@ -172,9 +177,30 @@ mod tests {
     }
 
     #[test]
+    fn passwords_with_url_delimiters_are_masked_whole() {
+        for (raw, shown) in [
+            ("amqp://u:pa/ss@host/vh", "amqp://u:***@host/vh"),
+            ("amqp://u:pa?ss@host", "amqp://u:***@host"),
+            ("amqp://u:pa#ss@host:5672/%2f", "amqp://u:***@host:5672/%2f"),
+            ("amqps://u:p@ss@host/", "amqps://u:***@host/"),
+            ("amqp://u:@host/", "amqp://u:***@host/"),
+        ] {
+            assert_eq!(redact_url(raw), shown, "{raw}");
+            if let Err(e) = AmqpUrl::parse(raw) {
+                assert!(!e.contains("ss@"), "{e}");
+            }
+        }
+    }
+
+    #[test]
     fn redaction_leaves_urls_without_password_alone() {
         assert_eq!(redact_url("amqp://host/vh"), "amqp://host/vh");
         assert_eq!(redact_url("amqp://user@host/"), "amqp://user@host/");
+        assert_eq!(redact_url("amqp://host:5672/vh"), "amqp://host:5672/vh");
+        assert_eq!(
+            redact_url("amqp://host/vh?a=b:c@d"),
+            "amqp://host/vh?a=b:c@d"
+        );
         assert_eq!(redact_url("not a url"), "not a url");
     }
 

@@ -16,6 +16,11 @@ use std::path::{Path, PathBuf};
 /// deployment cannot make a backfill of another skip its jobs.
 const HEADER: &str = "# cxone-worker enqueue checkpoint; CXONE_QUEUE_PREFIX=";
 
+/// Closes a line a kill cut short. Job ids are printable text, so a line with a
+/// tab is never an id: the torn text (`file-1` of `file-12`, say) must not make a
+/// later run skip the job whose id it happens to spell.
+const TORN: &str = "\t# cut short by a kill; not an id\n";
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("checkpoint {path}: {source}")]
@@ -90,10 +95,13 @@ impl Checkpoint {
                 .map_or(("", &[][..]), |(l, r)| (*l, r));
             done.extend(
                 ids.iter()
-                    .filter(|id| !id.is_empty())
+                    .filter(|id| !id.is_empty() && !id.contains('\t'))
                     .map(|id| (*id).to_owned()),
             );
-            if !torn.is_empty() || !text.ends_with('\n') {
+            if !torn.is_empty() {
+                buffer.push_str(TORN);
+            } else if !text.ends_with('\n') {
+                // Only the header, without its newline.
                 buffer.push('\n');
             }
         }
@@ -185,8 +193,14 @@ mod tests {
         cp.record("c");
         cp.flush().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text, format!("{HEADER}p\na\nb\nc-tor\nc\n"));
-        assert!(Checkpoint::open(&path, "p", false).unwrap().contains("c"));
+        assert_eq!(text, format!("{HEADER}p\na\nb\nc-tor{TORN}c\n"));
+        let cp = Checkpoint::open(&path, "p", false).unwrap();
+        assert!(cp.contains("c"));
+        assert!(
+            !cp.contains("c-tor"),
+            "a closed torn line stays torn: it may spell another job's id"
+        );
+        assert_eq!(cp.len(), 3);
     }
 
     #[test]

@@ -250,3 +250,24 @@ async fn a_crash_loses_nothing_and_executes_under_one_key() {
     );
     assert_eq!(w.depth("jobs.dlq").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_that_never_answers_does_not_hold_up_shutdown() {
+    // Accepts TCP and says nothing: the AMQP handshake never completes.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("amqp://guest:guest@{}/%2f", silent.local_addr().unwrap());
+    let mut w = Worker::new(SimConfig::default(), &[("AMQP_URL", &url)]).await;
+    w.spawn();
+    // Give the worker time to connect and get stuck in the handshake.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    w.assert_alive();
+    assert_eq!(
+        w.ready_status().await,
+        Some(503),
+        "not connected, not ready"
+    );
+    let (code, took) = w.stop(Duration::from_secs(10));
+    assert_eq!(code, 0, "{}", w.logs());
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    drop(silent);
+}
