@@ -41,6 +41,8 @@ pub mod names {
     pub const BROKER_SESSIONS: &str = "cxone_broker_sessions_total";
     /// Publishes that were nacked, returned or timed out.
     pub const PUBLISH_FAILURES: &str = "cxone_publish_failures_total";
+    /// Jobs handed back as fresh copies to spare their delivery limit.
+    pub const REFRESHED: &str = "cxone_handed_back_fresh_total";
     /// Storage record writes, by `result`.
     pub const STORAGE_WRITES: &str = "cxone_storage_writes_total";
 }

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::control::WorkerReport;
-use super::ledger::{Ledger, nack};
+use super::ledger::{Copy, Ledger, give_back};
 use super::outputs::{self, read_job_headers};
 use super::publisher::Publisher;
 use super::topology::Topology;
@@ -168,7 +168,7 @@ impl Session {
             consumer: None,
             cancelling: false,
             tasks: JoinSet::new(),
-            ledger: Ledger::default(),
+            ledger: Ledger::new(c.topology.jobs()),
             probe: None,
             control,
         })
@@ -179,7 +179,7 @@ impl Session {
             // Deliveries the old consumer still holds must go back, not be dropped
             // unsettled (they would sit unacknowledged until the connection closes).
             while let Some(Some(Ok(d))) = futures_util::FutureExt::now_or_never(old.next()) {
-                let _ = nack(&d.acker).await;
+                let _ = self.give_back(c, &d).await;
             }
         }
         let consumer = self
@@ -270,7 +270,7 @@ impl Session {
                 delivery = Self::next_delivery(&mut self.consumer) => match delivery {
                     Some(Ok(delivery)) if pause.is_some() || self.cancelling => {
                         // Sent before our cancel took effect: not ours to start now.
-                        if let Err(e) = nack(&delivery.acker).await {
+                        if let Err(e) = self.give_back(c, &delivery).await {
                             return SessionEnd::Lost(e);
                         }
                     }
@@ -314,9 +314,20 @@ impl Session {
             acker,
             ..
         } = delivery;
+        let copy = Copy::when_due(&data, &properties);
         let task = process_delivery(c.clone(), self.publisher.clone(), data, properties);
         let id = self.tasks.spawn(task).id();
-        self.ledger.hold(id, acker);
+        self.ledger.hold(id, acker, copy);
+    }
+
+    /// Hands back a delivery that was not started (see [`give_back`]).
+    async fn give_back(
+        &self,
+        c: &Consumer,
+        delivery: &lapin::message::Delivery,
+    ) -> Result<(), String> {
+        let copy = Copy::when_due(&delivery.data, &delivery.properties);
+        give_back(&delivery.acker, copy, &self.publisher, &c.topology.jobs()).await
     }
 
     /// Acks or nacks a finished job; an error means the session is lost.
@@ -332,7 +343,7 @@ impl Session {
                 // A panic is a bug, not the job's fault; the delivery limit of the
                 // jobs queue dead-letters a message that keeps causing one.
                 tracing::error!(error = %e, "a job task failed; handing the job back");
-                return self.ledger.hand_back(e.id()).await;
+                return self.ledger.requeue(e.id()).await;
             }
         };
         match end {
@@ -352,10 +363,10 @@ impl Session {
                 // Stop the consumer first, so the job handed back is not delivered
                 // straight back to us.
                 self.stop_consuming(c).await;
-                self.ledger.hand_back(id).await
+                self.ledger.hand_back(id, &self.publisher).await
             }
             TaskEnd::PublishFailed(error) => {
-                self.ledger.hand_back(id).await?;
+                self.ledger.requeue(id).await?;
                 Err(format!("an outcome was not confirmed: {error}"))
             }
         }
@@ -377,7 +388,7 @@ impl Session {
                     }
                 }
                 delivery = Self::next_delivery(&mut self.consumer) => match delivery {
-                    Some(Ok(d)) => { let _ = nack(&d.acker).await; }
+                    Some(Ok(d)) => { let _ = self.give_back(c, &d).await; }
                     _ => self.consumer = None,
                 },
                 () = tokio::time::sleep_until(deadline) => break,
@@ -391,7 +402,7 @@ impl Session {
             self.tasks.abort_all();
             while self.tasks.join_next().await.is_some() {}
         }
-        self.ledger.hand_back_all().await;
+        self.ledger.hand_back_all(&self.publisher).await;
         SessionEnd::Shutdown
     }
 

@@ -3,23 +3,93 @@
 //!
 //! (Coalescing acks of jobs that finish together into one `multiple` ack was
 //! measured: jobs finish spread out, batches stayed at one, no CPU was saved.)
+//!
+//! Handing a delivery back is a requeue, and every requeue counts toward the jobs
+//! queue's `x-delivery-limit` (RabbitMQ 3.x counts returns, not only crashes). The
+//! limit is there for messages that crash the worker; pauses and shutdowns are
+//! not the job's fault and must never dead-letter it. So a delivery that has
+//! already spent half its budget is handed back as a fresh copy (published with a
+//! confirm, then the original acked), which the broker counts from zero.
 
 use std::collections::HashMap;
 
-use lapin::Acker;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::AMQPValue;
+use lapin::{Acker, BasicProperties};
 use tokio::task::Id;
 
-use crate::telemetry::chain;
+use super::publisher::{Outgoing, Publisher};
+use super::topology::{JOBS_DELIVERY_LIMIT, header_int, headers};
+use crate::telemetry::{chain, names};
 
-#[derive(Default)]
+/// Deliveries counted this many times by the broker are handed back as fresh copies.
+/// Below it a plain requeue keeps the job at the head of the queue, for free.
+pub(crate) const REFRESH_AT: i64 = JOBS_DELIVERY_LIMIT / 2;
+
+/// What it takes to hand a delivery back as a fresh message.
+pub(crate) struct Copy {
+    body: Vec<u8>,
+    properties: BasicProperties,
+}
+
+impl Copy {
+    /// A copy of the delivery when its budget runs low; `None` (no clone) otherwise.
+    pub(crate) fn when_due(body: &[u8], properties: &BasicProperties) -> Option<Copy> {
+        let count = properties
+            .headers()
+            .as_ref()
+            .and_then(|h| header_int(h, headers::DELIVERY_COUNT))
+            .unwrap_or(0);
+        (count >= REFRESH_AT).then(|| Copy {
+            body: body.to_vec(),
+            properties: properties.clone(),
+        })
+    }
+
+    /// The fresh message: same body and properties, the broker's count dropped and
+    /// added to the returns it carries, so operators still see them.
+    fn fresh(self, jobs: &str) -> Outgoing {
+        let mut h = self.properties.headers().clone().unwrap_or_default();
+        let count = |key| header_int(&h, key).unwrap_or(0);
+        let returns = count(headers::RETURNS) + count(headers::DELIVERY_COUNT);
+        let kept = h
+            .inner()
+            .iter()
+            .filter(|(k, _)| k.as_str() != headers::DELIVERY_COUNT)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<std::collections::BTreeMap<_, _>>();
+        h = kept.into();
+        h.insert(headers::RETURNS.into(), AMQPValue::LongLongInt(returns));
+        Outgoing {
+            exchange: String::new(),
+            routing_key: jobs.to_owned(),
+            body: self.body,
+            properties: self.properties.with_headers(h),
+        }
+    }
+}
+
+struct Held {
+    acker: Acker,
+    copy: Option<Copy>,
+}
+
 pub(crate) struct Ledger {
-    held: HashMap<Id, Acker>,
+    held: HashMap<Id, Held>,
+    /// The jobs queue, where fresh copies go.
+    jobs: String,
 }
 
 impl Ledger {
-    pub(crate) fn hold(&mut self, task: Id, acker: Acker) {
-        self.held.insert(task, acker);
+    pub(crate) fn new(jobs: String) -> Self {
+        Self {
+            held: HashMap::new(),
+            jobs,
+        }
+    }
+
+    pub(crate) fn hold(&mut self, task: Id, acker: Acker, copy: Option<Copy>) {
+        self.held.insert(task, Held { acker, copy });
     }
 
     /// Deliveries held and not yet settled.
@@ -30,7 +100,8 @@ impl Ledger {
     /// The task finished and all its outputs are confirmed: acknowledge.
     pub(crate) async fn ack(&mut self, task: Id) -> Result<(), String> {
         match self.held.remove(&task) {
-            Some(acker) => acker
+            Some(held) => held
+                .acker
                 .ack(BasicAckOptions::default())
                 .await
                 .map(|_| ())
@@ -39,18 +110,60 @@ impl Ledger {
         }
     }
 
-    /// Hands the task's delivery back to the queue.
-    pub(crate) async fn hand_back(&mut self, task: Id) -> Result<(), String> {
+    /// Hands the task's delivery back, not the job's fault (a pause): as a fresh
+    /// copy when its budget runs low.
+    pub(crate) async fn hand_back(
+        &mut self,
+        task: Id,
+        publisher: &Publisher,
+    ) -> Result<(), String> {
         match self.held.remove(&task) {
-            Some(acker) => nack(&acker).await,
+            Some(held) => give_back(&held.acker, held.copy, publisher, &self.jobs).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Requeues the task's delivery and lets the broker count it: the job itself
+    /// may be the cause (its task panicked), or publishing is broken anyway.
+    pub(crate) async fn requeue(&mut self, task: Id) -> Result<(), String> {
+        match self.held.remove(&task) {
+            Some(held) => nack(&held.acker).await,
             None => Ok(()),
         }
     }
 
     /// Hands back every delivery still held (shutdown after the grace period).
-    pub(crate) async fn hand_back_all(&mut self) {
-        for (_, acker) in self.held.drain() {
-            let _ = nack(&acker).await;
+    pub(crate) async fn hand_back_all(&mut self, publisher: &Publisher) {
+        for (_, held) in self.held.drain() {
+            let _ = give_back(&held.acker, held.copy, publisher, &self.jobs).await;
+        }
+    }
+}
+
+/// Hands a delivery back for a reason that is not the job's: a plain requeue, or,
+/// with a `copy` (the budget runs low), a confirmed fresh copy and then an ack.
+/// Should the copy fail, the requeue still happens: nothing is lost either way.
+pub(crate) async fn give_back(
+    acker: &Acker,
+    copy: Option<Copy>,
+    publisher: &Publisher,
+    jobs: &str,
+) -> Result<(), String> {
+    let Some(copy) = copy else {
+        return nack(acker).await;
+    };
+    match publisher.publish_all(vec![copy.fresh(jobs)]).await {
+        Ok(()) => {
+            metrics::counter!(names::REFRESHED).increment(1);
+            acker
+                .ack(BasicAckOptions::default())
+                .await
+                .map(|_| ())
+                .map_err(|e| chain(&e))
+        }
+        Err(e) => {
+            tracing::warn!(error = %chain(&e), "a fresh copy of a handed-back job was not confirmed; requeueing it");
+            nack(acker).await
         }
     }
 }
@@ -64,4 +177,53 @@ pub(crate) async fn nack(acker: &Acker) -> Result<(), String> {
         .await
         .map(|_| ())
         .map_err(|e| chain(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::FieldTable;
+
+    fn delivered(count: i64, returns: Option<i64>) -> BasicProperties {
+        let mut h = FieldTable::default();
+        h.insert(
+            headers::DELIVERY_COUNT.into(),
+            AMQPValue::LongLongInt(count),
+        );
+        h.insert("custom".into(), AMQPValue::Boolean(true));
+        if let Some(r) = returns {
+            h.insert(headers::RETURNS.into(), AMQPValue::LongLongInt(r));
+        }
+        BasicProperties::default()
+            .with_message_id("m-1".into())
+            .with_headers(h)
+    }
+
+    #[test]
+    fn only_deliveries_low_on_budget_are_copied() {
+        assert!(Copy::when_due(b"{}", &BasicProperties::default()).is_none());
+        assert!(Copy::when_due(b"{}", &delivered(REFRESH_AT - 1, None)).is_none());
+        assert!(Copy::when_due(b"{}", &delivered(REFRESH_AT, None)).is_some());
+    }
+
+    #[test]
+    fn a_fresh_copy_keeps_the_job_and_carries_its_returns() {
+        let out = Copy::when_due(b"{job}", &delivered(12, Some(30)))
+            .unwrap()
+            .fresh("p.jobs");
+        assert_eq!(
+            (out.exchange.as_str(), out.routing_key.as_str()),
+            ("", "p.jobs")
+        );
+        assert_eq!(out.body, b"{job}");
+        assert_eq!(
+            out.properties.message_id().as_ref().unwrap().as_str(),
+            "m-1",
+            "the idempotency key stays"
+        );
+        let h = out.properties.headers().clone().unwrap();
+        assert!(!h.contains_key(headers::DELIVERY_COUNT));
+        assert!(h.contains_key("custom"));
+        assert_eq!(header_int(&h, headers::RETURNS), Some(42));
+    }
 }

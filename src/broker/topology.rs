@@ -33,6 +33,9 @@ pub mod headers {
     pub const SYNC_FAILURES: &str = "x-cxone-sync-failures";
     /// Times the job was replayed from the DLQ.
     pub const REPLAYS: &str = "x-cxone-replays";
+    /// Returns to the jobs queue (pauses, shutdowns) before the job was handed back
+    /// as a fresh copy, which the broker counts from zero again.
+    pub const RETURNS: &str = "x-cxone-returns";
     /// On DLQ copies, as the contract names them.
     pub const ERROR_KIND: &str = "x-error-kind";
     pub const ERROR: &str = "x-error";

@@ -7,6 +7,8 @@ use cxone_worker::sim::SimConfig;
 use serde_json::json;
 
 use super::harness::{SECRET, Worker, close_worker_connection, job, pdf};
+use cxone_worker::broker::topology::{JOBS_DELIVERY_LIMIT, header_int, headers};
+use lapin::options::{BasicGetOptions, BasicNackOptions};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_credentials_pause_and_resume_by_themselves() {
@@ -270,4 +272,103 @@ async fn a_broker_that_never_answers_does_not_hold_up_shutdown() {
     assert_eq!(code, 0, "{}", w.logs());
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
     drop(silent);
+}
+
+/// Takes the one job off `P.jobs` and requeues it `n` times, as `n` pauses or
+/// restarts would; returns the broker's delivery count and the carried returns
+/// seen on the last delivery.
+async fn requeue_times(w: &Worker, n: usize) -> (i64, i64) {
+    let mut seen = (0, 0);
+    for _ in 0..n {
+        let got = w
+            .channel
+            .basic_get(w.q("jobs").into(), BasicGetOptions { no_ack: false })
+            .await
+            .unwrap()
+            .expect("the job is in P.jobs");
+        let h = got
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        seen = (
+            header_int(&h, headers::DELIVERY_COUNT).unwrap_or(0),
+            header_int(&h, headers::RETURNS).unwrap_or(0),
+        );
+        got.delivery
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            })
+            .await
+            .unwrap();
+    }
+    seen
+}
+
+/// Waits until the worker has paused `n` times in all its runs, holding nothing.
+async fn wait_paused(w: &mut Worker, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while w.logs().matches("pausing: not the jobs' fault").count() < n
+        || w.consumers("jobs").await > 0
+        || w.depth("jobs").await < 1
+    {
+        w.assert_alive();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pause #{n}:\n{}",
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pauses_and_restarts_never_spend_the_delivery_limit() {
+    // Every requeue counts toward the jobs queue's x-delivery-limit; a job handed
+    // back more often than that for reasons not its own must still not die.
+    let mut w = Worker::new(SimConfig::default(), &[]).await;
+    let good = w.sim_config.clone();
+    w.restart_sim(SimConfig {
+        client_secret: "another-secret".into(),
+        ..good.clone()
+    })
+    .await;
+    w.spawn();
+    w.wait_topology().await;
+    w.publish(&job("returns-1", &w.file("r.pdf", &pdf(10))))
+        .await;
+    wait_paused(&mut w, 1).await;
+    let limit = usize::try_from(JOBS_DELIVERY_LIMIT).unwrap();
+    let (count, _) = requeue_times(&w, limit - 3).await;
+    assert_eq!(
+        count,
+        JOBS_DELIVERY_LIMIT - 3,
+        "the worker's hand-back and ours count"
+    );
+
+    // A restarted worker meets the refusal again and hands the job back: as a
+    // fresh copy now, its budget being low.
+    w.stop(Duration::from_secs(10));
+    w.spawn();
+    wait_paused(&mut w, 2).await;
+    let (count, returns) = requeue_times(&w, 5).await;
+    assert_eq!(count, 4, "the fresh copy is counted from zero again");
+    assert_eq!(
+        returns,
+        JOBS_DELIVERY_LIMIT - 2,
+        "the returns it was spared travel with it"
+    );
+    assert_eq!(
+        w.depth("jobs.dlq").await,
+        0,
+        "past the limit, nothing dead-lettered"
+    );
+
+    w.restart_sim(good).await;
+    let got = w.results(1, Duration::from_secs(60)).await;
+    assert_eq!(got[0].routing_key, "job.succeeded", "{}", got[0].body);
+    assert_eq!(w.depth("jobs.dlq").await, 0);
 }
