@@ -200,7 +200,7 @@ def main():
                 else:
                     for q in ("jobs", "results", "audit", "jobs.dlq", "retry.5s", "retry.30s", "retry.2m", "retry.10m"):
                         ch.queue_delete(f"{item}.{q}")
-                    for x in ("jobs", "results", "audit", "dlx"):
+                    for x in ("jobs", "results", "audit", "dlx", "control"):
                         ch.exchange_delete(f"{item}.{x}")
             except Exception:
                 ch = conn.channel()

@@ -6,6 +6,8 @@
 
 #[path = "support/broker.rs"]
 mod broker;
+#[path = "support/cleanup.rs"]
+mod cleanup;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -5,6 +5,8 @@
 
 #[path = "support/broker.rs"]
 mod broker;
+#[path = "support/cleanup.rs"]
+mod cleanup;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

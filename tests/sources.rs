@@ -2,6 +2,8 @@
 //! (Azurite) and a local HTTP/HTTPS server. Every refusal the contract names is checked
 //! on `Sources` directly, then the same refusals end to end through RabbitMQ.
 
+#[path = "support/cleanup.rs"]
+mod cleanup;
 #[path = "support/file_server.rs"]
 mod file_server;
 #[path = "support/servers.rs"]

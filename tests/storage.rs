@@ -2,6 +2,8 @@
 //! PUT endpoint: written by `Storage` directly, then end to end through RabbitMQ with the
 //! job's file in the same kind of place.
 
+#[path = "support/cleanup.rs"]
+mod cleanup;
 #[path = "support/file_server.rs"]
 mod file_server;
 #[path = "support/servers.rs"]

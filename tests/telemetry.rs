@@ -1,6 +1,8 @@
 //! Traces leave the worker over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set,
 //! and are flushed at shutdown: a collector stand-in records what it receives.
 
+#[path = "support/cleanup.rs"]
+mod cleanup;
 // Shared with tests/worker.rs, which uses all of it.
 #[allow(dead_code)]
 #[path = "worker/harness.rs"]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use cxone_worker::broker::topology::{Topology, text};
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -20,9 +20,7 @@ use tokio::process::Command;
 /// Retry delays of the test topology: the queues `status` must find.
 pub const RETRY_DELAYS: &str = "5s,10m";
 
-pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+pub use crate::cleanup::amqp_url;
 
 pub fn retry_delays() -> Vec<Duration> {
     vec![Duration::from_secs(5), Duration::from_secs(600)]
@@ -315,43 +313,10 @@ impl Broker {
     }
 }
 
-/// Deletes the prefix's queues and exchanges. Runs in a thread with its own runtime,
-/// so it works from a failing test as well as a passing one.
+/// Deletes the prefix's queues and exchanges, even when the test fails.
 impl Drop for Broker {
     fn drop(&mut self) {
-        let prefix = self.prefix.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let Ok(conn) =
-                    Connection::connect(&amqp_url(), ConnectionProperties::default()).await
-                else {
-                    return;
-                };
-                let topology = Topology::new(&prefix, &retry_delays());
-                for q in topology.queues() {
-                    if let Ok(ch) = conn.create_channel().await {
-                        let _ = ch
-                            .queue_delete(q.name.into(), QueueDeleteOptions::default())
-                            .await;
-                    }
-                }
-                for e in topology.exchanges() {
-                    if let Ok(ch) = conn.create_channel().await {
-                        let _ = ch
-                            .exchange_delete(e.name.into(), ExchangeDeleteOptions::default())
-                            .await;
-                    }
-                }
-                let _ = conn.close(200, "ok".into()).await;
-            });
-        })
-        .join();
+        crate::cleanup::delete_topology(Topology::new(&self.prefix, &retry_delays()));
     }
 }
 

@@ -23,9 +23,7 @@ const CLIENT_ID: &str = "e2e-client";
 const CLIENT_SECRET: &str = "e2e-secret";
 const RETRY_DELAYS: &str = "200ms";
 
-fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
+use crate::cleanup::amqp_url;
 
 /// A worker process, its simulator and a broker connection.
 pub struct WorkerRun {
@@ -236,7 +234,9 @@ impl WorkerRun {
     pub async fn finish(mut self) {
         let _ = self.worker.start_kill();
         let _ = self.worker.wait().await;
-        delete_topology(&self.topology()).await;
+        let topology = self.topology();
+        let _ =
+            tokio::task::spawn_blocking(move || crate::cleanup::delete_topology(topology)).await;
         let _ = std::fs::remove_file(&self.log);
         self.finished = true;
     }
@@ -249,39 +249,9 @@ impl Drop for WorkerRun {
             return;
         }
         let _ = self.worker.start_kill();
-        let topology = self.topology();
-        let cleanup = std::thread::spawn(move || {
-            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                runtime.block_on(delete_topology(&topology));
-            }
-        });
-        let _ = cleanup.join();
+        crate::cleanup::delete_topology(self.topology());
         eprintln!("worker log of {}:\n{}", self.prefix, self.log_text());
     }
-}
-
-async fn delete_topology(topology: &Topology) {
-    let Ok(connection) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
-    else {
-        return;
-    };
-    let Ok(channel) = connection.create_channel().await else {
-        return;
-    };
-    for queue in topology.queues() {
-        let _ = channel
-            .queue_delete(queue.name.as_str().into(), Default::default())
-            .await;
-    }
-    for exchange in topology.exchanges() {
-        let _ = channel
-            .exchange_delete(exchange.name.as_str().into(), Default::default())
-            .await;
-    }
-    let _ = connection.close(200, "done".into()).await;
 }
 
 /// The result of `job_id` among `results`.

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cxone_worker::broker::topology::Topology;
 use cxone_worker::sim::{SimConfig, SimHandle, spawn};
 use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -17,9 +17,7 @@ use serde_json::Value;
 
 pub const SECRET: &str = "harness-secret";
 
-pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+pub use crate::cleanup::amqp_url;
 
 /// A result read from `P.results`.
 pub struct Got {
@@ -410,36 +408,11 @@ async fn spawn_retrying(config: SimConfig) -> SimHandle {
 impl Drop for Worker {
     fn drop(&mut self) {
         self.kill();
-        let prefix = self.prefix.clone();
-        let delays = [
-            "200ms", "400ms", "1s", "2s", "5s", "30s", "2m", "10m", "300ms", "100ms",
-        ];
-        let conn = &self.conn;
-        // Best effort: remove this test's queues and exchanges.
-        let cleanup = async {
-            let ch = conn.create_channel().await?;
-            let mut queues: Vec<String> = ["jobs", "results", "audit", "jobs.dlq"]
-                .iter()
-                .map(|q| format!("{prefix}.{q}"))
-                .collect();
-            queues.extend(delays.iter().map(|d| format!("{prefix}.retry.{d}")));
-            for q in queues {
-                let ch = conn.create_channel().await?;
-                let _ = ch
-                    .queue_delete(q.into(), QueueDeleteOptions::default())
-                    .await;
-            }
-            for x in ["jobs", "results", "audit", "dlx"] {
-                let _ = ch
-                    .exchange_delete(
-                        format!("{prefix}.{x}").into(),
-                        ExchangeDeleteOptions::default(),
-                    )
-                    .await;
-            }
-            Ok::<(), lapin::Error>(())
-        };
-        let _ = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(cleanup));
+        let delays = self.env["RETRY_DELAYS"]
+            .split(',')
+            .filter_map(cxone_worker::config::parse_duration)
+            .collect::<Vec<_>>();
+        crate::cleanup::delete_topology(Topology::new(&self.prefix, &delays));
     }
 }
 

@@ -1,0 +1,43 @@
+//! The one RabbitMQ address of the tests, and removing one test's topology from it.
+#![allow(dead_code)] // each test binary uses its own part of the support
+
+use cxone_worker::broker::topology::Topology;
+use lapin::{Connection, ConnectionProperties};
+
+/// 127.0.0.1:5672 as guest, or `AMQP_URL`.
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Deletes every queue and exchange of `topology` (`P.control` included), best
+/// effort. Runs on a thread with its own runtime, so it works from `Drop` of a
+/// failing test as well as a passing one, whatever runtime the test used.
+pub fn delete_topology(topology: Topology) {
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+            else {
+                return;
+            };
+            // A channel per deletion: a failed one closes its channel.
+            for q in topology.queues() {
+                if let Ok(ch) = conn.create_channel().await {
+                    let _ = ch.queue_delete(q.name.into(), Default::default()).await;
+                }
+            }
+            for e in topology.exchanges() {
+                if let Ok(ch) = conn.create_channel().await {
+                    let _ = ch.exchange_delete(e.name.into(), Default::default()).await;
+                }
+            }
+            let _ = conn.close(200, "test over".into()).await;
+        });
+    })
+    .join();
+}
