@@ -46,6 +46,28 @@ def context_switches(pid):
     return total
 
 
+def print_threads(pid, n):
+    by_name = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            cpu = (int(fields[11]) + int(fields[12])) / TICK
+            sw = 0
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        sw += int(line.split()[1])
+        except OSError:
+            continue
+        c, s, k = by_name.get(name, (0.0, 0, 0))
+        by_name[name] = (c + cpu, s + sw, k + 1)
+    for name, (cpu, sw, k) in sorted(by_name.items(), key=lambda x: -x[1][0]):
+        print(f"  {name:<20} threads {k:>3}  CPU ms/job {cpu * 1000 / n:.3f}  ctx sw/job {sw / n:.1f}")
+
+
 def peak_rss_mb(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -112,6 +134,9 @@ def run_one(name, cmd, env, ch, results_queue, n, sim_pid, cwd=None):
     took, rss = wait_results(ch, results_queue, n, proc, timeout=900)
     own = cpu_seconds(proc.pid)
     switches = context_switches(proc.pid)
+    if os.environ.get("BENCH_THREADS"):
+        # Diagnostics: where the CPU and the context switches go, by thread name.
+        print_threads(proc.pid, n)
     r1, s1 = cpu_seconds(rabbit), cpu_seconds(sim_pid)
     proc.send_signal(signal.SIGTERM)
     try:
