@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::control::WorkerReport;
-use super::ledger::{Copy, Ledger, give_back};
+use super::ledger::{Copy, Ledger, give_back, nack};
 use super::outputs::{self, read_job_headers};
 use super::publisher::Publisher;
 use super::topology::Topology;
@@ -147,6 +147,9 @@ struct Session {
     probe: Option<tokio::task::JoinHandle<Result<(), crate::job::Failure>>>,
     /// Pings from `cxone-worker status`.
     control: lapin::Consumer,
+    /// Shutting down: hand-backs are plain requeues, which cannot outlast the
+    /// grace period waiting for a confirm.
+    draining: bool,
 }
 
 impl Session {
@@ -171,6 +174,7 @@ impl Session {
             ledger: Ledger::new(c.topology.jobs()),
             probe: None,
             control,
+            draining: false,
         })
     }
 
@@ -363,7 +367,8 @@ impl Session {
                 // Stop the consumer first, so the job handed back is not delivered
                 // straight back to us.
                 self.stop_consuming(c).await;
-                self.ledger.hand_back(id, &self.publisher).await
+                let fresh = (!self.draining).then_some(&self.publisher);
+                self.ledger.hand_back(id, fresh).await
             }
             TaskEnd::PublishFailed(error) => {
                 self.ledger.requeue(id).await?;
@@ -375,6 +380,7 @@ impl Session {
     /// Shutdown: stop consuming, let jobs finish within the grace period, hand the
     /// rest back.
     async fn drain(&mut self, c: &Consumer) -> SessionEnd {
+        self.draining = true;
         self.stop_consuming(c).await;
         let deadline = Instant::now() + c.grace;
         let mut no_pause = None;
@@ -388,7 +394,7 @@ impl Session {
                     }
                 }
                 delivery = Self::next_delivery(&mut self.consumer) => match delivery {
-                    Some(Ok(d)) => { let _ = self.give_back(c, &d).await; }
+                    Some(Ok(d)) => { let _ = nack(&d.acker).await; }
                     _ => self.consumer = None,
                 },
                 () = tokio::time::sleep_until(deadline) => break,
@@ -400,9 +406,17 @@ impl Session {
                 "grace period over: handing the rest back"
             );
             self.tasks.abort_all();
-            while self.tasks.join_next().await.is_some() {}
+            while let Some(joined) = self.tasks.join_next_with_id().await {
+                // A job that finished just before the abort has its outputs
+                // confirmed (a retry copy, say): settle it, or it would run twice.
+                if !matches!(&joined, Err(e) if e.is_cancelled())
+                    && let Err(e) = self.settle(c, joined, &mut no_pause).await
+                {
+                    tracing::warn!(error = %e, "settling a job during shutdown failed");
+                }
+            }
         }
-        self.ledger.hand_back_all(&self.publisher).await;
+        self.ledger.hand_back_all().await;
         SessionEnd::Shutdown
     }
 

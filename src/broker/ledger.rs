@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::AMQPValue;
 use lapin::{Acker, BasicProperties};
 use tokio::task::Id;
@@ -51,7 +51,7 @@ impl Copy {
     fn fresh(self, jobs: &str) -> Outgoing {
         let mut h = self.properties.headers().clone().unwrap_or_default();
         let count = |key| header_int(&h, key).unwrap_or(0);
-        let returns = count(headers::RETURNS) + count(headers::DELIVERY_COUNT);
+        let returns = count(headers::RETURNS).saturating_add(count(headers::DELIVERY_COUNT));
         let kept = h
             .inner()
             .iter()
@@ -100,42 +100,46 @@ impl Ledger {
     /// The task finished and all its outputs are confirmed: acknowledge.
     pub(crate) async fn ack(&mut self, task: Id) -> Result<(), String> {
         match self.held.remove(&task) {
-            Some(held) => held
-                .acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map(|_| ())
-                .map_err(|e| chain(&e)),
+            Some(held) => settled(held.acker.ack(BasicAckOptions::default()).await),
             None => Ok(()),
         }
     }
 
-    /// Hands the task's delivery back, not the job's fault (a pause): as a fresh
-    /// copy when its budget runs low.
+    /// Hands the task's delivery back, not the job's fault: with a publisher (a
+    /// pause), as a fresh copy when its budget runs low; without (a shutdown, which
+    /// must end within its grace period), as a plain requeue.
     pub(crate) async fn hand_back(
         &mut self,
         task: Id,
-        publisher: &Publisher,
+        fresh: Option<&Publisher>,
     ) -> Result<(), String> {
-        match self.held.remove(&task) {
-            Some(held) => give_back(&held.acker, held.copy, publisher, &self.jobs).await,
-            None => Ok(()),
+        match (self.held.remove(&task), fresh) {
+            (Some(held), Some(publisher)) => {
+                give_back(&held.acker, held.copy, publisher, &self.jobs).await
+            }
+            (Some(held), None) => nack(&held.acker).await,
+            (None, _) => Ok(()),
         }
     }
 
     /// Requeues the task's delivery and lets the broker count it: the job itself
-    /// may be the cause (its task panicked), or publishing is broken anyway.
+    /// may be the cause (its task panicked). A reject, because RabbitMQ 4.3 and later
+    /// count only rejects toward the delivery limit.
     pub(crate) async fn requeue(&mut self, task: Id) -> Result<(), String> {
         match self.held.remove(&task) {
-            Some(held) => nack(&held.acker).await,
+            Some(held) => settled(
+                held.acker
+                    .reject(BasicRejectOptions { requeue: true })
+                    .await,
+            ),
             None => Ok(()),
         }
     }
 
-    /// Hands back every delivery still held (shutdown after the grace period).
-    pub(crate) async fn hand_back_all(&mut self, publisher: &Publisher) {
+    /// Requeues every delivery still held (shutdown after the grace period).
+    pub(crate) async fn hand_back_all(&mut self) {
         for (_, held) in self.held.drain() {
-            let _ = give_back(&held.acker, held.copy, publisher, &self.jobs).await;
+            let _ = nack(&held.acker).await;
         }
     }
 }
@@ -152,14 +156,18 @@ pub(crate) async fn give_back(
     let Some(copy) = copy else {
         return nack(acker).await;
     };
+    if !acker.usable() {
+        // The channel is gone: the broker requeues the original itself, and a copy
+        // beside it would be a second job.
+        return Err("the delivery's channel closed before it was handed back".into());
+    }
     match publisher.publish_all(vec![copy.fresh(jobs)]).await {
         Ok(()) => {
             metrics::counter!(names::REFRESHED).increment(1);
-            acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map(|_| ())
-                .map_err(|e| chain(&e))
+            // Should this ack not land (the channel dies right now), the original
+            // comes back beside the copy: the same job under the same key, whose
+            // action the API runs once, but which may report twice.
+            settled(acker.ack(BasicAckOptions::default()).await)
         }
         Err(e) => {
             tracing::warn!(error = %chain(&e), "a fresh copy of a handed-back job was not confirmed; requeueing it");
@@ -169,14 +177,24 @@ pub(crate) async fn give_back(
 }
 
 pub(crate) async fn nack(acker: &Acker) -> Result<(), String> {
-    acker
-        .nack(BasicNackOptions {
-            requeue: true,
-            multiple: false,
-        })
-        .await
-        .map(|_| ())
-        .map_err(|e| chain(&e))
+    settled(
+        acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            })
+            .await,
+    )
+}
+
+/// lapin answers `Ok(false)` when the channel closed first: nothing was settled
+/// (the broker requeues the delivery), and the session is as good as lost.
+fn settled(result: lapin::Result<bool>) -> Result<(), String> {
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("the channel closed before the delivery was settled".into()),
+        Err(e) => Err(chain(&e)),
+    }
 }
 
 #[cfg(test)]

@@ -51,6 +51,12 @@ pub fn messages(
                 headers::DLQ_ATTEMPTS.into(),
                 AMQPValue::LongLongInt(i64::from(report.attempts)),
             );
+            if report.executed {
+                // The action ran (only the storage write failed for good): a replay
+                // must write the record, not execute again.
+                let id = report.execution_id.as_deref().unwrap_or_default();
+                h.insert(headers::EXECUTION_ID.into(), text(id));
+            }
             h.insert(
                 headers::FAILED_AT.into(),
                 text(&rfc3339(crate::outcome::now())),
@@ -281,6 +287,19 @@ mod tests {
             read_job_headers(&out[0].properties).execution_id.as_deref(),
             Some("exec-9")
         );
+    }
+
+    #[test]
+    fn a_dead_letter_says_when_the_action_already_ran() {
+        let mut r = report(Outcome::Failed {
+            kind: ErrorKind::Exhausted,
+            error: "storage down (after 4 attempts)".into(),
+        });
+        r.executed = true;
+        let out = messages(&topo(), &r, b"{job}", &original());
+        let carried = read_job_headers(&out[0].properties);
+        assert!(carried.executed, "a replay must not execute again");
+        assert_eq!(carried.execution_id, None);
     }
 
     #[test]

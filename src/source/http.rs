@@ -215,8 +215,10 @@ fn shown_raw(raw: &str) -> String {
     match Url::parse(raw) {
         Ok(url) => shown(&url),
         Err(_) => {
-            let cut = raw.find(['?', '#']).unwrap_or(raw.len());
-            crate::config::redact_url(&raw[..cut])
+            // Redact first: a password may itself hold `?` or `#`.
+            let redacted = crate::config::redact_url(raw);
+            let cut = redacted.find(['?', '#']).unwrap_or(redacted.len());
+            redacted[..cut].to_owned()
         }
     }
 }
@@ -291,6 +293,8 @@ mod tests {
             shown_raw("https://user:pw@[bad/x?sig=1"),
             "https://user:***@[bad/x"
         );
+        let shown = shown_raw("https://user:pa?SeCrEt@files.example.com/f.pdf");
+        assert_eq!(shown, "https://user:***@files.example.com/f.pdf");
     }
 
     #[test]

@@ -326,7 +326,7 @@ async fn wait_paused(w: &mut Worker, n: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn pauses_and_restarts_never_spend_the_delivery_limit() {
+async fn repeated_pauses_never_spend_the_delivery_limit() {
     // Every requeue counts toward the jobs queue's x-delivery-limit; a job handed
     // back more often than that for reasons not its own must still not die.
     let mut w = Worker::new(SimConfig::default(), &[]).await;
