@@ -103,15 +103,20 @@ impl Storage {
                     prefix: ObjectPath::default(),
                 }
             }
-            "http" | "https" => Target::Http {
-                client: reqwest::Client::builder()
+            "http" | "https" => {
+                let mut client = reqwest::Client::builder()
                     .connect_timeout(Duration::from_secs(10))
                     .timeout(Duration::from_secs(120))
-                    .redirect(reqwest::redirect::Policy::none())
-                    .build()?,
-                base: url,
-                token: settings.token.clone(),
-            },
+                    .redirect(reqwest::redirect::Policy::none());
+                if let Some(pem) = &settings.ca_pem {
+                    client = client.tls_certs_merge(reqwest::Certificate::from_pem_bundle(pem)?);
+                }
+                Target::Http {
+                    client: client.build()?,
+                    base: url,
+                    token: settings.token.clone(),
+                }
+            }
             scheme => {
                 // s3://bucket/prefix, az://container/prefix, gs://bucket/prefix.
                 let cloud = Cloud::from_scheme(scheme).ok_or_else(|| {
@@ -339,6 +344,7 @@ mod tests {
         let settings = StorageSettings {
             endpoint: format!("file://{}/records", dir.path().display()),
             token: None,
+            ca_pem: None,
             payload,
         };
         let storage = Storage::new(&settings).unwrap();

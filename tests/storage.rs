@@ -109,6 +109,7 @@ fn storage(
     let settings = StorageSettings {
         endpoint,
         token: token.map(|t| cxone_worker::config::Secret::new(t.to_owned())),
+        ca_pem: None,
         payload,
     };
     Storage::with_cloud_env(&settings, &CloudEnv::from_pairs(env)).expect("storage")
@@ -211,6 +212,36 @@ async fn records_are_put_over_http_with_the_token() {
     assert_eq!(puts[1].content_type.as_deref(), Some("application/json"));
     let v: Value = serde_json::from_slice(&puts[1].body).expect("record JSON");
     assert_eq!(v["request_id"], "key-1");
+}
+
+#[tokio::test]
+async fn records_are_put_over_https_trusting_the_configured_ca() {
+    let server = FileServer::start().await;
+    let base = server.https_url("/put/records/");
+    let untrusted = storage(base.clone(), StoragePayload::None, None, vec![]);
+    let err = untrusted
+        .write(&record())
+        .await
+        .expect_err("a private CA is not trusted by default");
+    assert!(server.puts().is_empty(), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = std::fs::read(server.write_ca(dir.path())).unwrap();
+    let settings = StorageSettings {
+        endpoint: base,
+        token: None,
+        ca_pem: Some(ca),
+        payload: StoragePayload::None,
+    };
+    let trusted = Storage::with_cloud_env(
+        &settings,
+        &CloudEnv::from_pairs(Vec::<(String, String)>::new()),
+    )
+    .unwrap();
+    trusted.write(&record()).await.expect("written over https");
+    let puts = server.puts();
+    assert_eq!(puts.len(), 1);
+    assert_eq!(puts[0].path, "records/job=2F1.json");
 }
 
 #[test]

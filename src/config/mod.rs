@@ -250,7 +250,7 @@ impl FileArgs {
             http_ca_pem: self
                 .file_http_ca_file
                 .as_deref()
-                .map(read_ca_file)
+                .map(|p| read_ca_file("FILE_HTTP_CA_FILE", p))
                 .transpose()?,
             http_timeout: duration("FILE_HTTP_TIMEOUT", &self.file_http_timeout, "30s")?,
         })
@@ -259,8 +259,7 @@ impl FileArgs {
 
 /// Reads a PEM bundle and checks that it holds certificates, so that a wrong file
 /// stops the worker at start rather than failing every https:// job.
-fn read_ca_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
-    let var = "FILE_HTTP_CA_FILE";
+fn read_ca_file(var: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     let pem = std::fs::read(path).map_err(|e| bad(var, format!("cannot read {path:?}: {e}")))?;
     match reqwest::Certificate::from_pem_bundle(&pem) {
         Ok(certs) if !certs.is_empty() => Ok(pem),
@@ -436,6 +435,8 @@ pub enum StoragePayload {
 pub struct StorageSettings {
     pub endpoint: String,
     pub token: Option<Secret<String>>,
+    /// The PEM text of `EXTERNAL_STORAGE_CA_FILE`, checked to hold a certificate.
+    pub ca_pem: Option<Vec<u8>>,
     pub payload: StoragePayload,
 }
 
@@ -479,6 +480,10 @@ pub struct RunArgs {
     /// Bearer token for an http(s) storage endpoint.
     #[arg(long, env = "EXTERNAL_STORAGE_TOKEN", hide_env_values = true)]
     pub storage_token: Option<String>,
+    /// PEM file of extra root certificates that an https:// storage endpoint is
+    /// trusted with (a private CA), on top of the system's.
+    #[arg(long, env = "EXTERNAL_STORAGE_CA_FILE")]
+    pub storage_ca_file: Option<PathBuf>,
     /// `base64` (encoded_data in the record), `raw` (a sibling {job_id}.bin) or `none`.
     #[arg(long, env = "STORAGE_PAYLOAD", default_value = "base64")]
     pub storage_payload: String,
@@ -527,11 +532,26 @@ impl RunArgs {
                 format!("{admin_raw:?} is not an address like 127.0.0.1:9090"),
             )
         })?;
-        let storage = match given(&self.storage_endpoint) {
+        let endpoint = given(&self.storage_endpoint);
+        if self.storage_ca_file.is_some()
+            && !endpoint.is_some_and(|e| e.to_ascii_lowercase().starts_with("https://"))
+        {
+            // A CA file that nothing uses is a mistake worth hearing about at start.
+            return Err(bad(
+                "EXTERNAL_STORAGE_CA_FILE",
+                "is only used with an https:// EXTERNAL_STORAGE_ENDPOINT",
+            ));
+        }
+        let storage = match endpoint {
             None => None,
             Some(endpoint) => Some(StorageSettings {
                 endpoint: check_storage_endpoint(endpoint)?,
                 token: given(&self.storage_token).map(|t| Secret::new(t.to_owned())),
+                ca_pem: self
+                    .storage_ca_file
+                    .as_deref()
+                    .map(|p| read_ca_file("EXTERNAL_STORAGE_CA_FILE", p))
+                    .transpose()?,
                 payload: choice(
                     "STORAGE_PAYLOAD",
                     &self.storage_payload,

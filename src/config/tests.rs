@@ -118,6 +118,20 @@ fn each_bad_value_names_its_variable() {
             "STORAGE_PAYLOAD: ",
         ),
         (&["--request-timeout=1"], "CXONE_REQUEST_TIMEOUT: "),
+        (
+            &[
+                "--storage-endpoint=s3://bucket",
+                "--storage-ca-file=/etc/hostname",
+            ],
+            "EXTERNAL_STORAGE_CA_FILE: is only used with an https://",
+        ),
+        (
+            &[
+                "--storage-endpoint=https://x/r",
+                "--storage-ca-file=/no/such.pem",
+            ],
+            "EXTERNAL_STORAGE_CA_FILE: cannot read",
+        ),
     ];
     for (args, want) in cases {
         let got = error(args);
