@@ -367,3 +367,122 @@ async fn transport_failures_in_a_row_make_the_api_unreachable() {
         "{r:?}"
     );
 }
+
+#[tokio::test]
+async fn a_redirect_is_the_workers_problem_not_the_jobs() {
+    let (_handle, client) = sim(SimConfig::default()).await;
+    let r = execute(&client, "status-301", "k").await;
+    assert!(
+        matches!(
+            &r,
+            Err(Failure::Systemic {
+                cause: Systemic::ApiUnreachable,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+}
+
+#[tokio::test]
+async fn keys_in_any_script_are_sent_and_control_characters_refused() {
+    let (handle, client) = sim(SimConfig::default()).await;
+    execute(&client, "act", "facture-é-2026").await.unwrap();
+    let before = stats(&handle).await;
+    // The simulator reads header bytes as Latin-1, as Node does: the UTF-8 is there.
+    assert!(
+        before["keys"].get("facture-Ã©-2026").is_some(),
+        "{}",
+        before["keys"]
+    );
+    let r = execute(&client, "act", "bad\nkey").await;
+    assert_eq!(kind(r), ErrorKind::InvalidJob);
+    assert_eq!(
+        stats(&handle).await["execute_requests"].as_u64(),
+        before["execute_requests"].as_u64(),
+        "nothing sent"
+    );
+}
+
+/// A token endpoint that answers once (a token living `ttl` seconds), then 503s;
+/// executes succeed with that token. Returns the base URL and the token requests.
+async fn flaky_token_endpoint(ttl: u64) -> (String, Arc<std::sync::atomic::AtomicU32>) {
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::post;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let asked = Arc::new(AtomicU32::new(0));
+    let counter = asked.clone();
+    let app = axum::Router::new()
+        .route(
+            "/api/v2/oauth/token",
+            post(move || {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n == 0 {
+                        axum::Json(serde_json::json!({"access_token": "tok-1", "expires_in": ttl}))
+                            .into_response()
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE.into_response()
+                    }
+                }
+            }),
+        )
+        .route(
+            "/api/v2/data-actions/{id}/execute",
+            post(|headers: HeaderMap| async move {
+                if headers
+                    .get("authorization")
+                    .is_some_and(|v| v == "Bearer tok-1")
+                {
+                    axum::Json(serde_json::json!({"executionId": "e-1"})).into_response()
+                } else {
+                    StatusCode::UNAUTHORIZED.into_response()
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, asked)
+}
+
+#[tokio::test]
+async fn a_failed_refresh_keeps_the_token_that_still_works() {
+    let (url, asked) = flaky_token_endpoint(4).await;
+    let client = fast_token_retries(Client::new(&settings(&url, "s"), 16).unwrap());
+    execute(&client, "act", "k-1").await.unwrap();
+    // Due for a refresh at 2 s, expired at 4 s.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    execute(&client, "act", "k-2")
+        .await
+        .expect("the refresh fails, the token still works");
+    assert!(
+        asked.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "a refresh was tried"
+    );
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let r = execute(&client, "act", "k-3").await;
+    assert!(
+        matches!(
+            &r,
+            Err(Failure::Systemic {
+                cause: Systemic::ApiUnreachable,
+                ..
+            })
+        ),
+        "expired and no new one: {r:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_absurd_lifetime_is_capped_not_a_panic() {
+    let (handle, client) = sim(SimConfig {
+        token_ttl: u64::MAX,
+        ..SimConfig::default()
+    })
+    .await;
+    execute(&client, "act", "k").await.unwrap();
+    execute(&client, "act", "k2").await.unwrap();
+    assert_eq!(stats(&handle).await["token_requests"], 1);
+}

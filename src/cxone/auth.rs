@@ -26,11 +26,16 @@ const SHORT_LIFETIME: Duration = Duration::from_secs(120);
 const FAILURE_HOLD: Duration = Duration::from_secs(2);
 /// A token answer without `expires_in` is trusted this long.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+/// Longer lifetimes are taken as this: an `expires_in` of u64::MAX must not
+/// overflow the clock, and a day-old token is refreshed anyway.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// A bearer token and when to stop using it.
 pub struct Token {
     value: Secret<HeaderValue>,
     refresh_at: Instant,
+    /// When `expires_in` runs out: until then a failed refresh keeps serving it.
+    expires_at: Instant,
     /// Which fetch produced it, so a 401 invalidates only the token it was sent with.
     generation: u64,
 }
@@ -46,6 +51,11 @@ impl Token {
 
     fn is_fresh(&self) -> bool {
         Instant::now() < self.refresh_at
+    }
+
+    /// Due for a refresh but not expired: still good for a call.
+    fn is_usable(&self) -> bool {
+        Instant::now() < self.expires_at
     }
 }
 
@@ -126,8 +136,9 @@ impl TokenCache {
     }
 
     async fn get(&self, force: bool) -> Result<Arc<Token>, Failure> {
-        let seen = {
+        let (seen, usable) = {
             let state = self.read();
+            let usable = state.token.clone().filter(|t| t.is_usable());
             if !force {
                 if let Some(token) = state.token.as_ref().filter(|t| t.is_fresh()) {
                     return Ok(token.clone());
@@ -135,24 +146,43 @@ impl TokenCache {
                 if let Some((failure, at)) = &state.last_failure
                     && at.elapsed() < FAILURE_HOLD
                 {
+                    return match (&usable, failure) {
+                        // The endpoint is down, the token still works: keep using it.
+                        (Some(token), Failure::Systemic { cause, .. })
+                            if *cause != Systemic::CredentialsRefused =>
+                        {
+                            Ok(token.clone())
+                        }
+                        _ => Err(failure.clone()),
+                    };
+                }
+            }
+            (state.attempts, usable)
+        };
+        let _refreshing = match (&usable, force) {
+            // Refresh ahead: one caller asks the endpoint, the others go on with the
+            // token that still works instead of queueing behind a slow endpoint.
+            (Some(token), false) => match self.refresh.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return Ok(token.clone()),
+            },
+            _ => self.refresh.lock().await,
+        };
+        {
+            // Someone else asked the endpoint while we waited: take their answer,
+            // even a token already due (an `expires_in` of 0 must not make every
+            // waiter ask again).
+            let state = self.read();
+            if state.attempts != seen {
+                if let Some(token) = &state.token {
+                    return Ok(token.clone());
+                }
+                if let Some((failure, _)) = &state.last_failure {
                     return Err(failure.clone());
                 }
             }
-            state.attempts
-        };
-        let _refreshing = self.refresh.lock().await;
-        {
-            // Someone else asked the endpoint while we waited: take their answer.
-            let state = self.read();
-            if (state.attempts != seen || !force)
-                && let Some(token) = state.token.as_ref().filter(|t| t.is_fresh())
-            {
+            if !force && let Some(token) = state.token.as_ref().filter(|t| t.is_fresh()) {
                 return Ok(token.clone());
-            }
-            if state.attempts != seen
-                && let Some((failure, _)) = &state.last_failure
-            {
-                return Err(failure.clone());
             }
         }
         let outcome = self.fetch().await;
@@ -166,7 +196,16 @@ impl TokenCache {
             }
             Err(failure) => {
                 state.last_failure = Some((failure.clone(), Instant::now()));
-                Err(failure)
+                let still = state.token.clone().filter(|t| t.is_usable());
+                match (still, &failure) {
+                    (Some(token), Failure::Systemic { cause, .. })
+                        if !force && *cause != Systemic::CredentialsRefused =>
+                    {
+                        tracing::warn!(error = %failure, "token refresh failed; the current token is used until it expires");
+                        Ok(token)
+                    }
+                    _ => Err(failure),
+                }
             }
         }
     }
@@ -241,12 +280,15 @@ impl TokenCache {
         value.set_sensitive(true);
         let lifetime = answer
             .expires_in
-            .map_or(DEFAULT_LIFETIME, Duration::from_secs);
+            .map_or(DEFAULT_LIFETIME, Duration::from_secs)
+            .min(MAX_LIFETIME);
         metrics::counter!(names::TOKEN_REFRESHES).increment(1);
         tracing::info!(expires_in = lifetime.as_secs(), "obtained an API token");
+        let now = Instant::now();
         Ok(Arc::new(Token {
             value: Secret::new(value),
-            refresh_at: Instant::now() + refresh_after(lifetime),
+            refresh_at: now + refresh_after(lifetime),
+            expires_at: now + lifetime,
             generation,
         }))
     }

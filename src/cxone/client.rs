@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
 use super::auth::TokenCache;
 use super::pacing::Pacer;
@@ -85,7 +85,7 @@ impl Client {
                 .post(url.clone())
                 .header(AUTHORIZATION, token.header())
                 .header(CONTENT_TYPE, "application/json")
-                .header("Idempotency-Key", key)
+                .header("Idempotency-Key", key_header(key)?)
                 .body(body.clone())
                 .send()
                 .await;
@@ -93,6 +93,10 @@ impl Client {
                 Ok(response) => {
                     self.transport_failures.store(0, Ordering::Relaxed);
                     read_answer(response).await
+                }
+                Err(e) if e.is_builder() => {
+                    // Never sent: not a sign of the API being away.
+                    return Err(Failure::retryable(transport_message(&e)));
                 }
                 Err(e) => {
                     let message = transport_message(&e);
@@ -150,6 +154,9 @@ impl Client {
                         format!("API answered {status}: {excerpt}"),
                     ));
                 }
+                Answer::Misdirected(message) => {
+                    return Err(Failure::systemic(Systemic::ApiUnreachable, message));
+                }
             }
         }
     }
@@ -159,6 +166,18 @@ impl Client {
     pub async fn probe(&self) -> Result<(), Failure> {
         self.auth.refresh().await.map(|_| ())
     }
+}
+
+/// The `Idempotency-Key` header: the key's bytes as they are (a `job_id` may be any
+/// printable Unicode, sent as UTF-8), refused only when it holds control characters,
+/// which only an AMQP `message_id` can bring.
+pub fn key_header(key: &str) -> Result<HeaderValue, Failure> {
+    HeaderValue::from_bytes(key.as_bytes()).map_err(|_| {
+        Failure::permanent(
+            ErrorKind::InvalidJob,
+            "the idempotency key (the message_id) holds control characters, which no HTTP header can carry",
+        )
+    })
 }
 
 /// The least a call waits after its `n`th 429 in a row, whatever `Retry-After`

@@ -29,8 +29,12 @@ pub enum Answer {
     Retryable(String),
     /// 403: dead-lettered as `forbidden`.
     Forbidden { excerpt: String },
-    /// Any other 4xx (or an answer that is not HTTP success nor error): `rejected`.
+    /// Any other 4xx: `rejected`.
     Rejected { status: u16, excerpt: String },
+    /// 1xx, 3xx or a status outside HTTP's: not an answer of the API we mean to
+    /// call (CXONE_API_URL is wrong, a proxy redirects). The worker's problem, not
+    /// the job's: never a dead letter.
+    Misdirected(String),
 }
 
 /// Classifies an execute answer from its status, `Retry-After` and body.
@@ -50,10 +54,13 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8], now: System
         403 => Answer::Forbidden {
             excerpt: excerpt(body),
         },
-        _ => Answer::Rejected {
+        400..=499 => Answer::Rejected {
             status,
             excerpt: excerpt(body),
         },
+        _ => Answer::Misdirected(format!(
+            "API answered {status}, which no call of it answers: check CXONE_API_URL"
+        )),
     }
 }
 
@@ -185,7 +192,12 @@ mod tests {
                 "{s}"
             );
         }
-        assert!(matches!(c(302, b""), Answer::Rejected { status: 302, .. }));
+        for s in [101, 301, 302, 308, 600] {
+            assert!(
+                matches!(c(s, b""), Answer::Misdirected(m) if m.contains("CXONE_API_URL")),
+                "{s}: a redirect is a wrong address, not a bad job"
+            );
+        }
     }
 
     #[test]

@@ -156,7 +156,9 @@ impl Sim {
     /// Issues a fresh random token valid for `token_ttl` seconds.
     pub(crate) fn issue_token(&self) -> String {
         let token = hex::encode(rand::random::<[u8; 24]>());
-        let expiry = Instant::now() + Duration::from_secs(self.cfg.token_ttl);
+        // Any SIM_TOKEN_TTL is taken; beyond ten years it is "never" (and no overflow).
+        let ttl = self.cfg.token_ttl.min(10 * 365 * 86_400);
+        let expiry = Instant::now() + Duration::from_secs(ttl);
         write(&self.tokens).insert(token.clone(), expiry);
         token
     }
