@@ -327,7 +327,7 @@ async fn replay_moves_the_selection_back_with_a_fresh_attempt_count() {
     );
     assert_eq!(
         docs[1],
-        serde_json::json!({"replayed": 1, "failed": [], "not_attempted": 0, "interrupted": false})
+        serde_json::json!({"replayed": 1, "failed": [], "not_attempted": 0, "interrupted": false, "broker_error": null})
     );
     let again = b.drain(&jobs).await;
     assert_eq!(again.len(), 1);
@@ -493,6 +493,56 @@ async fn a_replay_stopped_by_sigint_moves_each_message_once() {
     let mut all: Vec<String> = in_jobs.into_iter().chain(in_dlq).collect();
     all.sort();
     assert_eq!(all, ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_whose_connection_the_broker_closes_stops_and_says_so() {
+    const WINDOW: usize = 20;
+    let b = Broker::new().await;
+    let ids = fill_many(&b, 1000).await;
+    let window = WINDOW.to_string();
+    let child = b
+        .cli(&[
+            "dlq",
+            "replay",
+            "--rate",
+            "300",
+            "--confirm-window",
+            &window,
+        ])
+        .spawn()
+        .unwrap();
+    b.wait_at_least(&b.topology.jobs(), 100).await;
+    let name = format!("cxone-worker dlq ({})", b.prefix);
+    assert!(
+        crate::cleanup::close_connection(&name),
+        "no connection {name}"
+    );
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the replay ends once its connection is gone")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("replay stopped early") || stderr.contains("the broker failed"),
+        "{stderr}"
+    );
+
+    let in_jobs = b.drain_ids(&b.topology.jobs()).await;
+    let in_dlq = b.drain_ids(&b.topology.dlq()).await;
+    let moved: HashSet<&String> = in_jobs.iter().collect();
+    let left: HashSet<&String> = in_dlq.iter().collect();
+    assert_eq!(moved.len(), in_jobs.len(), "no job replayed twice");
+    let all: HashSet<&String> = moved.union(&left).copied().collect();
+    assert_eq!(all, ids.iter().collect(), "none lost");
+    let both = moved.intersection(&left).count();
+    assert!(
+        both <= WINDOW,
+        "{both} in both queues, more than the window"
+    );
+    assert!(in_jobs.len() < 1000, "stopped, not finished");
 }
 
 const PDF: &[u8] = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer\n%%EOF\n";

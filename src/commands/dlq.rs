@@ -189,6 +189,9 @@ pub async fn run(cmd: Dlq) -> anyhow::Result<i32> {
             for (job, why) in &r.failed {
                 eprintln!("cxone-worker: not replayed {job}: {why}");
             }
+            if let Some(why) = &r.broker_error {
+                eprintln!("cxone-worker: replay stopped early: {why}");
+            }
             let failed: Vec<_> = r
                 .failed
                 .iter()
@@ -196,7 +199,7 @@ pub async fn run(cmd: Dlq) -> anyhow::Result<i32> {
                 .collect();
             result(
                 cmd.json,
-                json!({"replayed": r.moved, "failed": failed, "not_attempted": r.skipped, "interrupted": r.interrupted}),
+                json!({"replayed": r.moved, "failed": failed, "not_attempted": r.skipped, "interrupted": r.interrupted, "broker_error": r.broker_error}),
                 format!(
                     "replayed {} of {wanted} to {}; {} failed, {} not attempted (left in {})",
                     r.moved,
@@ -209,7 +212,7 @@ pub async fn run(cmd: Dlq) -> anyhow::Result<i32> {
             if r.interrupted {
                 130
             } else {
-                i32::from(!r.failed.is_empty())
+                i32::from(!r.failed.is_empty() || r.broker_error.is_some())
             }
         }
         Action::Purge { yes } => {

@@ -116,9 +116,12 @@ pub struct Replayed {
     pub moved: u64,
     /// Refused by the broker or not confirmed: left in the DLQ.
     pub failed: Vec<(String, String)>,
-    /// Not attempted because of a signal: left in the DLQ.
+    /// Not attempted because of a signal or a broker failure: left in the DLQ.
     pub skipped: u64,
     pub interrupted: bool,
+    /// Why the replay stopped early, when the broker failed it (the tally above
+    /// still holds: every message counted as moved is in the jobs queue only).
+    pub broker_error: Option<String>,
 }
 
 impl Selection {
@@ -150,7 +153,12 @@ impl Selection {
     pub async fn delete(mut self) -> Result<u64, OpsError> {
         let mut deleted = 0;
         for (_, delivery) in self.picked.drain(..) {
-            delivery.acker.ack(BasicAckOptions::default()).await?;
+            if !delivery.acker.ack(BasicAckOptions::default()).await? {
+                // The channel closed first: the rest is back in the DLQ, untouched.
+                return Err(OpsError::Closed(format!(
+                    "the DLQ channel closed after {deleted} deletion(s); the rest stay in the DLQ"
+                )));
+            }
             deleted += 1;
         }
         self.release().await?;
@@ -179,7 +187,6 @@ impl Selection {
         let mut progress = Progress::new("replay", self.picked.len() as u64);
         let mut settled = Vec::new();
         let mut report = Replayed::default();
-        let mut channel_failure = None;
         for (i, (_, delivery)) in self.picked.iter().enumerate() {
             if !pace.wait(stop).await {
                 report.interrupted = true;
@@ -187,25 +194,39 @@ impl Selection {
                 break;
             }
             inflight.room(&mut settled).await;
-            self.settle(&mut settled, &mut report, &mut progress)
-                .await?;
+            let acked = self.settle(&mut settled, &mut report, &mut progress).await;
+            // The DLQ channel can close under us (the broker's consumer_timeout on a
+            // slow `--rate`): its messages are back in the DLQ, and a copy sent now
+            // could never be acked there. Stop before sending more.
+            let stopped = match acked {
+                Err(e) => Some(e),
+                Ok(()) if !self.channel.status().connected() => {
+                    Some("the DLQ channel closed (the broker's consumer_timeout?)".into())
+                }
+                Ok(()) => None,
+            };
+            if let Some(why) = stopped {
+                report.skipped = (self.picked.len() - i) as u64;
+                report.broker_error = Some(why);
+                break;
+            }
             let copy = replay_copy(topology, &delivery.properties, &delivery.data);
             if let Err(e) = inflight.send(copy, i).await {
                 report.skipped = (self.picked.len() - i) as u64;
-                channel_failure = Some(e);
+                report.broker_error = Some(e.to_string());
                 break;
             }
             inflight.ready(&mut settled);
         }
         inflight.drain(&mut settled).await;
-        self.settle(&mut settled, &mut report, &mut progress)
-            .await?;
-        progress.finish();
-        self.release().await?;
-        match channel_failure {
-            Some(e) => Err(e.into()),
-            None => Ok(report),
+        if let Err(e) = self.settle(&mut settled, &mut report, &mut progress).await {
+            report.broker_error.get_or_insert(e);
         }
+        progress.finish();
+        if let Err(e) = self.release().await {
+            report.broker_error.get_or_insert(e.to_string());
+        }
+        Ok(report)
     }
 
     /// Acknowledges (removes from the DLQ) each message whose copy was confirmed.
@@ -214,20 +235,39 @@ impl Selection {
         settled: &mut Vec<(usize, Result<(), PublishError>)>,
         report: &mut Replayed,
         progress: &mut Progress,
-    ) -> Result<(), OpsError> {
+    ) -> Result<(), String> {
         let n = settled.len() as u64;
+        let mut broken = None;
         for (i, outcome) in settled.drain(..) {
             let (letter, delivery) = &self.picked[i];
             match outcome {
-                Ok(()) => {
-                    delivery.acker.ack(BasicAckOptions::default()).await?;
-                    report.moved += 1;
+                Ok(()) if broken.is_none() => {
+                    match delivery.acker.ack(BasicAckOptions::default()).await {
+                        Ok(true) => report.moved += 1,
+                        // lapin's `Ok(false)`: the channel closed first. The original
+                        // is back in the DLQ beside its confirmed copy (same key).
+                        Ok(false) => {
+                            broken = Some("the DLQ channel closed before an ack".to_owned());
+                            report.failed.push((letter.job_id.clone(), "copied to the jobs queue, but still in the DLQ: the DLQ channel closed".into()));
+                        }
+                        Err(e) => {
+                            broken = Some(format!("acknowledging in the DLQ failed: {e}"));
+                            report.failed.push((
+                                letter.job_id.clone(),
+                                "copied to the jobs queue, but still in the DLQ".into(),
+                            ));
+                        }
+                    }
                 }
+                Ok(()) => report.failed.push((
+                    letter.job_id.clone(),
+                    "copied to the jobs queue, but still in the DLQ: the DLQ channel closed".into(),
+                )),
                 Err(e) => report.failed.push((letter.job_id.clone(), e.to_string())),
             }
         }
         progress.inc(n);
-        Ok(())
+        broken.map_or(Ok(()), Err)
     }
 }
 

@@ -56,15 +56,19 @@ pub enum OpsError {
     Broker(#[from] lapin::Error),
     #[error("publishing failed: {0}")]
     Publish(#[from] PublishError),
+    #[error("{0}")]
+    Closed(String),
 }
 
 /// What a publishing command says on the first signal.
 pub const STOPPING: &str =
     "stopping: waiting for the outstanding confirms (signal again to quit at once)";
 
-/// Opens a connection named after the command, as operators see it in the management UI.
+/// Opens a connection named after the command and the prefix, as operators see it in
+/// the management UI (`cxone-worker dlq (cxone)`), like the worker's own.
 pub async fn connect(broker: &BrokerSettings, command: &str) -> Result<Connection, OpsError> {
-    crate::broker::connect(&broker.url, &format!("cxone-worker {command}"))
+    let name = format!("cxone-worker {command} ({})", broker.prefix);
+    crate::broker::connect(&broker.url, &name)
         .await
         .map_err(|source| OpsError::Connect {
             url: broker.url.redacted().to_owned(),

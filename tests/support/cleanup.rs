@@ -1,4 +1,5 @@
-//! The one RabbitMQ address of the tests, and removing one test's topology from it.
+//! The one RabbitMQ address of the tests, removing one test's topology from it, and
+//! closing a connection from the broker's side as an operator would.
 #![allow(dead_code)] // each test binary uses its own part of the support
 
 use cxone_worker::broker::topology::Topology;
@@ -40,4 +41,25 @@ pub fn delete_topology(topology: Topology) {
         });
     })
     .join();
+}
+
+/// Closes the broker connection whose name holds `name` (`rabbitmqctl
+/// close_connection`); false when there is none.
+pub fn close_connection(name: &str) -> bool {
+    use std::process::{Command, Stdio};
+    let out = Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(line) = text.lines().find(|l| l.contains(name)) else {
+        return false;
+    };
+    let pid = line.split('\t').next().unwrap_or("").trim().to_owned();
+    Command::new("rabbitmqctl")
+        .args(["close_connection", &pid, "closed by a test"])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }

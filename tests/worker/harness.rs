@@ -454,20 +454,5 @@ pub fn pdf(n: usize) -> Vec<u8> {
 
 /// Closes the broker connection of the worker with this prefix, as an operator would.
 pub fn close_worker_connection(prefix: &str) -> bool {
-    let out = Command::new("rabbitmqctl")
-        .args(["-q", "list_connections", "pid", "client_properties"])
-        .output()
-        .expect("rabbitmqctl runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let wanted = format!("cxone-worker run ({prefix})");
-    let Some(line) = text.lines().find(|l| l.contains(&wanted)) else {
-        return false;
-    };
-    let pid = line.split('\t').next().unwrap_or("").trim().to_owned();
-    Command::new("rabbitmqctl")
-        .args(["close_connection", &pid, "closed by a test"])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    crate::cleanup::close_connection(&format!("cxone-worker run ({prefix})"))
 }
