@@ -298,9 +298,11 @@ pub fn object_name(job_id: &str) -> String {
         }
     }
     if out.len() > MAX_NAME {
+        // `=~` never comes out of the escaping above (`~` is escaped as `=7E`), so a
+        // shortened name cannot equal the escaped name of another id.
         let hash = crate::encode::sha256_hex(job_id.as_bytes());
-        out.truncate(MAX_NAME - 33);
-        out.push('=');
+        out.truncate(MAX_NAME - 34);
+        out.push_str("=~");
         out.push_str(&hash[..32]);
     }
     out
@@ -322,6 +324,9 @@ mod tests {
         let name = object_name(&long);
         assert!(name.len() <= MAX_NAME);
         assert_ne!(name, object_name(&"x/".repeat(199)));
+        assert!(name.contains("=~"), "{name}");
+        // No id short enough to be kept whole can be named with the `=~` marker.
+        assert_eq!(object_name("a~b"), "a=7Eb");
     }
 
     fn record(base64: &'static [u8]) -> Record<'static> {

@@ -200,9 +200,17 @@ fn walk(dir: &Path, recursive: bool, globs: &[String], defaults: &Defaults, buil
         if !globs.is_empty() && !globs.iter().any(|g| super::glob::matches(g, &name)) {
             continue;
         }
-        if kind.is_symlink() && !path.is_file() {
-            continue;
-        }
+        // A link is enqueued as the file it points to: its id is that file's, so a
+        // link beside its target (`latest.pdf -> inv-003.pdf`) is one job, not two
+        // under two keys. Links to directories are not followed.
+        let path = if kind.is_symlink() {
+            match std::fs::canonicalize(&path) {
+                Ok(target) if target.is_file() => target,
+                _ => continue,
+            }
+        } else {
+            path
+        };
         add_file(&path, defaults, builder);
     }
 }
@@ -272,6 +280,32 @@ mod tests {
             file_job_id(Path::new("/in/a.pdf"), 10, t + Duration::from_nanos(1))
         );
         assert_ne!(a, file_job_id(Path::new("/in/b.pdf"), 10, t));
+    }
+
+    #[test]
+    fn a_link_beside_its_target_is_one_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path().canonicalize().unwrap();
+        std::fs::write(dir.join("inv-003.pdf"), b"%PDF-1.4").unwrap();
+        std::os::unix::fs::symlink(dir.join("inv-003.pdf"), dir.join("latest.pdf")).unwrap();
+        let source = Source::Paths {
+            paths: vec![dir.clone()],
+            recursive: false,
+            globs: vec![],
+        };
+        let walked = plan(&source, &Defaults::default()).unwrap();
+        assert_eq!(walked.jobs.len(), 1, "{:?}", walked.jobs);
+        assert_eq!(walked.duplicates, 1);
+        let named = Source::Paths {
+            paths: vec![dir.join("latest.pdf")],
+            recursive: false,
+            globs: vec![],
+        };
+        let named = plan(&named, &Defaults::default()).unwrap();
+        assert_eq!(
+            named.jobs[0].id, walked.jobs[0].id,
+            "the same id whether walked or named"
+        );
     }
 
     #[test]

@@ -66,7 +66,10 @@ pub(crate) fn open(reference: &str, roots: &Roots, max: u64) -> Result<OpenedFil
         .unwrap_or(reference);
     let path = Path::new(raw);
     if !path.is_absolute() {
-        return Err(denied(format!("{raw:?} is not an absolute path")));
+        return Err(denied(format!(
+            "{:?} is not an absolute path",
+            crate::config::redact_url(reference)
+        )));
     }
     let (file, path) = match roots {
         Roots::Any => (

@@ -210,8 +210,8 @@ pub(crate) fn shown(url: &Url) -> String {
     out
 }
 
-/// [`shown`] for text that may not parse as a URL.
-fn shown_raw(raw: &str) -> String {
+/// [`shown`] for text that may not parse as a URL: no password, no query.
+pub(crate) fn shown_raw(raw: &str) -> String {
     match Url::parse(raw) {
         Ok(url) => shown(&url),
         Err(_) => {

@@ -106,7 +106,11 @@ fn parse(reference: &str) -> Result<Reference, Failure> {
     let not_an_object = |why: &str| {
         Failure::permanent(
             ErrorKind::FileNotFound,
-            format!("{reference:?} does not name an object: {why}"),
+            // Shown without userinfo or query: either may hold a credential.
+            format!(
+                "{:?} does not name an object: {why}",
+                super::http::shown_raw(reference)
+            ),
         )
     };
     let url = url::Url::parse(reference).map_err(|e| not_an_object(&e.to_string()))?;
