@@ -211,6 +211,16 @@ impl Failure {
         }
     }
 
+    /// The same failure, its message preceded by `context`.
+    pub fn context(mut self, context: &str) -> Self {
+        match &mut self {
+            Failure::Permanent { message, .. }
+            | Failure::Retryable { message }
+            | Failure::Systemic { message, .. } => message.insert_str(0, context),
+        }
+        self
+    }
+
     /// The message without the kind prefix, as results and DLQ headers carry it.
     pub fn message(&self) -> &str {
         match self {
@@ -224,6 +234,13 @@ impl Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn context_keeps_the_kind_and_leads_the_message() {
+        let f = Failure::permanent(ErrorKind::FileNotFound, "gone").context("ran; ");
+        assert_eq!(f, Failure::permanent(ErrorKind::FileNotFound, "ran; gone"));
+        assert_eq!(Failure::retryable("503").context("x: ").message(), "x: 503");
+    }
 
     fn kind(r: Result<Job, Failure>) -> ErrorKind {
         match r {

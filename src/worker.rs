@@ -237,7 +237,20 @@ impl Worker {
             })?;
         report.data_action_id = Some(action.clone());
 
-        let fetched = self.sources.fetch(&job.file, &self.budget).await?;
+        let executed = report.executed;
+        let fetched = self
+            .sources
+            .fetch(&job.file, &self.budget)
+            .await
+            .map_err(|f| {
+                if executed {
+                    // Only the record is left to write, and it needs the file again:
+                    // say that the action did run, or `file_not_found` would mislead.
+                    f.context("the action already ran; writing its record needs the file: ")
+                } else {
+                    f
+                }
+            })?;
         let _reservation = fetched.reservation;
         let bytes = fetched.bytes;
         report.original_size = Some(bytes.len() as u64);
