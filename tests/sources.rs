@@ -44,11 +44,10 @@ struct Cli {
 
 /// Settings as the flags give them; `extra` on top of a 100 000-byte limit.
 fn settings(extra: &[&str]) -> FileSettings {
-    let args = [
-        "test",
-        "--max-payload-bytes=100000",
-        "--file-http-timeout=1s",
-    ];
+    let mut args = vec!["test", "--max-payload-bytes=100000"];
+    if !extra.iter().any(|a| a.starts_with("--file-http-timeout")) {
+        args.push("--file-http-timeout=1s");
+    }
     let cli = Cli::try_parse_from(args.iter().chain(extra)).expect("flags parse");
     cli.files.settings().expect("valid settings")
 }

@@ -200,7 +200,7 @@ pub struct FileArgs {
     #[arg(long, env = "FILE_HTTP_CA_FILE")]
     pub file_http_ca_file: Option<PathBuf>,
     /// Longest wait for an http(s) source to connect, to answer, and between two
-    /// pieces of its body.
+    /// pieces of its body; the whole body may take ten times this.
     #[arg(long, env = "FILE_HTTP_TIMEOUT", default_value = "30s")]
     pub file_http_timeout: String,
 }

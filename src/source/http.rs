@@ -5,6 +5,8 @@
 //! oversize file before the body is read. A HEAD first would cost a round trip and
 //! fail on presigned URLs, which are signed for GET only.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use reqwest::StatusCode;
 use url::Url;
@@ -17,9 +19,16 @@ use crate::job::{ErrorKind, Failure};
 const MAX_REDIRECTS: usize = 5;
 
 /// The client and the rules it fetches by.
+/// A whole download may take this many `FILE_HTTP_TIMEOUT`s (5 minutes by default:
+/// 10 MiB then needs ~35 KB/s).
+const DOWNLOAD_LIMIT_FACTOR: u32 = 10;
+
 #[derive(Debug)]
 pub(crate) struct Http {
     client: reqwest::Client,
+    /// The whole download's limit: `FILE_HTTP_TIMEOUT` bounds each wait, this the
+    /// sum, so a server dripping a byte now and then cannot hold a job for ever.
+    download_limit: Duration,
     /// Lowercase `host` (any port) or `host:port` entries; empty = no http(s) source.
     hosts: Vec<String>,
     allow_plain: bool,
@@ -29,6 +38,7 @@ pub(crate) struct Http {
 #[derive(Debug)]
 pub(crate) struct OpenedHttp {
     response: reqwest::Response,
+    download_limit: Duration,
     /// `Content-Length` when the server sent one, else the limit (the worst case).
     size: u64,
     /// The final URL without userinfo or query, for messages.
@@ -57,6 +67,7 @@ impl Http {
         })?;
         Ok(Self {
             client,
+            download_limit: files.http_timeout.saturating_mul(DOWNLOAD_LIMIT_FACTOR),
             hosts: files.http_allowed_hosts.clone(),
             allow_plain: files.http_allow_plain,
         })
@@ -100,6 +111,7 @@ impl Http {
             };
             return Ok(OpenedHttp {
                 response,
+                download_limit: self.download_limit,
                 size,
                 shown,
             });
@@ -153,10 +165,17 @@ impl OpenedHttp {
     /// `Content-Length` said (a server may lie, or send chunks without one).
     pub(crate) async fn read(self, max: u64) -> Result<Bytes, Failure> {
         let shown = self.shown;
-        collect_capped(self.response.bytes_stream(), self.size, max, |e| {
+        let body = collect_capped(self.response.bytes_stream(), self.size, max, |e| {
             transport(&shown, e)
-        })
-        .await
+        });
+        tokio::time::timeout(self.download_limit, body)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Failure::retryable(format!(
+                    "fetching {shown} took longer than {:?} in all",
+                    self.download_limit
+                )))
+            })
     }
 }
 
@@ -230,6 +249,7 @@ mod tests {
     fn http(hosts: &[&str], allow_plain: bool) -> Http {
         Http {
             client: reqwest::Client::new(),
+            download_limit: Duration::from_secs(300),
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             allow_plain,
         }

@@ -66,6 +66,29 @@ async fn answers_end_as_the_contract_says() {
 }
 
 #[tokio::test]
+async fn a_server_that_drips_is_cut_off_by_the_whole_download_limit() {
+    let (server, dir) = (FileServer::start().await, tempfile::tempdir().unwrap());
+    // Each byte comes within FILE_HTTP_TIMEOUT; the 100 of them would take 20 s,
+    // past the limit of ten timeouts (3 s).
+    let s = https_sources(
+        &server,
+        &dir,
+        &[
+            "--file-http-allowed-hosts=127.0.0.1",
+            "--file-http-timeout=300ms",
+        ],
+    );
+    let started = Instant::now();
+    let message = assert_retryable(read(&s, &server.https_url("/drip/100")).await);
+    let took = started.elapsed();
+    assert!(message.contains("took longer than"), "{message}");
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(8),
+        "cut off after {took:?}"
+    );
+}
+
+#[tokio::test]
 async fn oversize_files_are_refused_without_downloading_them() {
     let (server, dir) = (FileServer::start().await, tempfile::tempdir().unwrap());
     let s = https_sources(&server, &dir, &["--file-http-allowed-hosts=127.0.0.1"]);

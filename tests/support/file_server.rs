@@ -246,6 +246,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/redirect", get(redirect))
         .route("/status/{code}", get(status))
         .route("/fail/{code}/{*rest}", axum::routing::any(fail))
+        .route("/drip/{size}", get(drip))
         .route("/stall", get(stall))
         .route("/stall/{*rest}", axum::routing::any(stall))
         .route("/put/{*path}", axum::routing::put(record_put))
@@ -296,6 +297,23 @@ async fn status(Path(code): Path<u16>) -> Response {
 
 async fn fail(Path((code, _)): Path<(u16, String)>) -> Response {
     status(Path(code)).await
+}
+
+/// `size` bytes, one every 200 ms: each wait is short, the whole is not.
+async fn drip(Path(size): Path<u64>) -> Response {
+    let bytes = futures_util::stream::unfold(0u64, move |sent| async move {
+        if sent == size {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let byte = if sent == 0 { b'%' } else { b'x' };
+        Some((Ok::<_, std::io::Error>(Bytes::from(vec![byte])), sent + 1))
+    });
+    (
+        [(header::CONTENT_LENGTH, size.to_string())],
+        Body::from_stream(bytes),
+    )
+        .into_response()
 }
 
 async fn stall() -> Response {
