@@ -25,7 +25,7 @@ prefix = sys.argv[1]
 conn = pika.BlockingConnection(pika.URLParameters(os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")))
 for q in ("jobs", "results", "audit", "jobs.dlq", "retry.1s", "retry.5s"):
     conn.channel().queue_delete(f"{prefix}.{q}")
-for x in ("jobs", "results", "audit", "dlx"):
+for x in ("jobs", "results", "audit", "dlx", "control"):
     conn.channel().exchange_delete(f"{prefix}.{x}")
 PY
   rm -rf "$work"

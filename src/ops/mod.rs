@@ -64,16 +64,24 @@ pub enum OpsError {
 pub const STOPPING: &str =
     "stopping: waiting for the outstanding confirms (signal again to quit at once)";
 
+const CONNECT_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Opens a connection named after the command and the prefix, as operators see it in
 /// the management UI (`cxone-worker dlq (cxone)`), like the worker's own.
 pub async fn connect(broker: &BrokerSettings, command: &str) -> Result<Connection, OpsError> {
     let name = format!("cxone-worker {command} ({})", broker.prefix);
-    crate::broker::connect(&broker.url, &name)
-        .await
-        .map_err(|source| OpsError::Connect {
+    // A command in a terminal or a cron job must not wait for ever on a broker that
+    // accepts the connection and never answers.
+    match tokio::time::timeout(CONNECT_DEADLINE, crate::broker::connect(&broker.url, &name)).await {
+        Ok(connected) => connected.map_err(|source| OpsError::Connect {
             url: broker.url.redacted().to_owned(),
             source,
-        })
+        }),
+        Err(_) => Err(OpsError::Closed(format!(
+            "the broker at {} did not complete the connection within {CONNECT_DEADLINE:?}",
+            broker.url.redacted()
+        ))),
+    }
 }
 
 /// The depth of a queue from a passive `queue.declare`: ready messages and consumers,

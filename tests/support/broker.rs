@@ -139,14 +139,25 @@ impl Broker {
             stdin.write_all(input).await.unwrap();
             drop(stdin);
         }
-        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-            .await
-            .unwrap_or_else(|_| panic!("cxone-worker {args:?} did not finish within a minute"))
-            .unwrap();
+        // The pipes are read beside the wait, so that a run that hangs still shows
+        // what it printed.
+        let stdout = tokio::spawn(read_all(child.stdout.take()));
+        let stderr = tokio::spawn(read_all(child.stderr.take()));
+        let status = match tokio::time::timeout(Duration::from_secs(60), child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => {
+                let _ = child.kill().await;
+                panic!(
+                    "cxone-worker {args:?} did not finish within a minute; it printed:\n{}{}",
+                    stdout.await.unwrap_or_default(),
+                    stderr.await.unwrap_or_default()
+                );
+            }
+        };
         let ran = Ran {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            code: status.code().unwrap_or(-1),
+            stdout: stdout.await.unwrap(),
+            stderr: stderr.await.unwrap(),
         };
         eprintln!(
             "$ cxone-worker {}\n{}{}-> {}",
@@ -318,6 +329,15 @@ impl Drop for Broker {
     fn drop(&mut self) {
         crate::cleanup::delete_topology(Topology::new(&self.prefix, &retry_delays()));
     }
+}
+
+/// Everything a pipe gives until it closes, as text.
+async fn read_all(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> String {
+    let mut text = Vec::new();
+    if let Some(mut pipe) = pipe {
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut pipe, &mut text).await;
+    }
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 /// An RFC 3339 time `ago` before now.
