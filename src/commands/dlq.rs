@@ -235,7 +235,7 @@ pub async fn run(cmd: Dlq) -> anyhow::Result<i32> {
             }
         }
     };
-    let _ = connection.close(200, "done".into()).await;
+    crate::ops::close(&connection).await;
     Ok(status)
 }
 

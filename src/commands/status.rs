@@ -87,6 +87,6 @@ pub async fn run(cmd: Status) -> anyhow::Result<i32> {
             () = stop.cancelled() => break,
         }
     }
-    let _ = connection.close(200, "done".into()).await;
+    crate::ops::close(&connection).await;
     Ok(0)
 }

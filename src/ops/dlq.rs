@@ -139,14 +139,31 @@ impl Selection {
 
     /// Puts every held message back, in order (see the module documentation).
     pub async fn release(mut self) -> Result<(), OpsError> {
-        if let Some(consumer) = self.consumer.take() {
-            self.channel
-                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-                .await?;
-        }
+        let consumer = self.consumer.take();
+        let channel = self.channel.clone();
+        let settle = async move {
+            if let Some(consumer) = consumer {
+                channel
+                    .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                    .await?;
+            }
+            channel.close(200, "done".into()).await
+        };
+        let outcome = tokio::time::timeout(super::CLOSE_DEADLINE, settle).await;
         self.picked.clear();
-        self.channel.close(200, "done".into()).await?;
-        Ok(())
+        match outcome {
+            Ok(done) => Ok(done?),
+            Err(_) => {
+                // Nothing is lost: what the channel holds goes back when the
+                // connection closes, at the latest when the process exits.
+                eprintln!(
+                    "cxone-worker: the broker did not confirm the end of the read within {:?}; \
+                     the messages not removed go back when the connection closes",
+                    super::CLOSE_DEADLINE
+                );
+                Ok(())
+            }
+        }
     }
 
     /// Removes the selected messages from the DLQ; the others go back.

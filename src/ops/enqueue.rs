@@ -143,7 +143,7 @@ pub async fn run(
             &mut tally,
         )
         .await?;
-        let _ = connection.close(200, "done".into()).await;
+        crate::ops::close(&connection).await;
     }
     tally.elapsed = started.elapsed();
     Ok(tally)
