@@ -208,8 +208,18 @@ impl Worker {
             // A transient failure before the execute call (the file's store timing
             // out, say) counts as an attempt too, or it could be retried forever.
             let before_execution = report.attempts == incoming.carried.attempts && !report.executed;
-            if before_execution && matches!(failure, Failure::Retryable { .. }) {
+            let retryable = matches!(failure, Failure::Retryable { .. });
+            if before_execution && retryable {
                 report.attempts += 1;
+            }
+            // Likewise after the execution: a record-only retry that fails before
+            // the storage write (the file cannot be read again) counts as a storage
+            // failure, or it could be retried for ever.
+            let unsynced = report.executed
+                && incoming.carried.executed
+                && report.sync_failures == incoming.carried.sync_failures;
+            if unsynced && retryable {
+                report.sync_failures += 1;
             }
             report.outcome = self.config.decide(&report, failure);
         }

@@ -462,17 +462,28 @@ async fn a_failed_refresh_keeps_the_token_that_still_works() {
         "a refresh was tried"
     );
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    let r = execute(&client, "act", "k-3").await;
-    assert!(
-        matches!(
-            &r,
-            Err(Failure::Systemic {
-                cause: Systemic::ApiUnreachable,
-                ..
-            })
-        ),
-        "expired and no new one: {r:?}"
-    );
+    // Expired and no new one: every caller, those that queued behind the failed
+    // refresh included, learns it; none is handed the expired token.
+    let client = Arc::new(client);
+    let calls: Vec<_> = (0..8)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { execute(&client, "act", &format!("k-3-{i}")).await })
+        })
+        .collect();
+    for call in calls {
+        let r = call.await.unwrap();
+        assert!(
+            matches!(
+                &r,
+                Err(Failure::Systemic {
+                    cause: Systemic::ApiUnreachable,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
 }
 
 #[tokio::test]

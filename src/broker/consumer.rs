@@ -374,7 +374,9 @@ impl Session {
                 self.ledger.hand_back(id, fresh).await
             }
             TaskEnd::PublishFailed(error) => {
-                self.ledger.requeue(id).await?;
+                // The broker's trouble, not the job's: a nack, which RabbitMQ 4.3+
+                // does not count toward the delivery limit (a reject would).
+                self.ledger.hand_back(id, None).await?;
                 Err(format!("an outcome was not confirmed: {error}"))
             }
         }

@@ -200,7 +200,8 @@ pub struct FileArgs {
     #[arg(long, env = "FILE_HTTP_CA_FILE")]
     pub file_http_ca_file: Option<PathBuf>,
     /// Longest wait for an http(s) source to connect, to answer, and between two
-    /// pieces of its body; the whole body may take ten times this.
+    /// pieces of its body; the whole body may take ten times this (or its size at
+    /// 32 KiB/s, if longer).
     #[arg(long, env = "FILE_HTTP_TIMEOUT", default_value = "30s")]
     pub file_http_timeout: String,
 }

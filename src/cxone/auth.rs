@@ -146,15 +146,8 @@ impl TokenCache {
                 if let Some((failure, at)) = &state.last_failure
                     && at.elapsed() < FAILURE_HOLD
                 {
-                    return match (&usable, failure) {
-                        // The endpoint is down, the token still works: keep using it.
-                        (Some(token), Failure::Systemic { cause, .. })
-                            if *cause != Systemic::CredentialsRefused =>
-                        {
-                            Ok(token.clone())
-                        }
-                        _ => Err(failure.clone()),
-                    };
+                    // The endpoint is down, the token still works: keep using it.
+                    return Self::despite(failure, usable.as_ref(), false);
                 }
             }
             (state.attempts, usable)
@@ -174,11 +167,12 @@ impl TokenCache {
             // waiter ask again).
             let state = self.read();
             if state.attempts != seen {
-                if let Some(token) = &state.token {
-                    return Ok(token.clone());
-                }
-                if let Some((failure, _)) = &state.last_failure {
-                    return Err(failure.clone());
+                match (&state.last_failure, &state.token) {
+                    (None, Some(token)) => return Ok(token.clone()),
+                    (Some((failure, _)), token) => {
+                        return Self::despite(failure, token.as_ref(), force);
+                    }
+                    (None, None) => {}
                 }
             }
             if !force && let Some(token) = state.token.as_ref().filter(|t| t.is_fresh()) {
@@ -196,17 +190,30 @@ impl TokenCache {
             }
             Err(failure) => {
                 state.last_failure = Some((failure.clone(), Instant::now()));
-                let still = state.token.clone().filter(|t| t.is_usable());
-                match (still, &failure) {
-                    (Some(token), Failure::Systemic { cause, .. })
-                        if !force && *cause != Systemic::CredentialsRefused =>
-                    {
-                        tracing::warn!(error = %failure, "token refresh failed; the current token is used until it expires");
-                        Ok(token)
-                    }
-                    _ => Err(failure),
+                let outcome = Self::despite(&failure, state.token.as_ref(), force);
+                if outcome.is_ok() {
+                    tracing::warn!(error = %failure, "token refresh failed; the current token is used until it expires");
                 }
+                outcome
             }
+        }
+    }
+
+    /// After a failed refresh: the current token while it has not expired, unless
+    /// the credentials were refused or the caller is the probe (which must learn
+    /// whether the endpoint answers); else the failure.
+    fn despite(
+        failure: &Failure,
+        token: Option<&Arc<Token>>,
+        force: bool,
+    ) -> Result<Arc<Token>, Failure> {
+        match (token.filter(|t| t.is_usable()), failure) {
+            (Some(token), Failure::Systemic { cause, .. })
+                if !force && *cause != Systemic::CredentialsRefused =>
+            {
+                Ok(token.clone())
+            }
+            _ => Err(failure.clone()),
         }
     }
 

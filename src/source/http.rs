@@ -19,9 +19,10 @@ use crate::job::{ErrorKind, Failure};
 const MAX_REDIRECTS: usize = 5;
 
 /// The client and the rules it fetches by.
-/// A whole download may take this many `FILE_HTTP_TIMEOUT`s (5 minutes by default:
-/// 10 MiB then needs ~35 KB/s).
+/// A whole download may take this many `FILE_HTTP_TIMEOUT`s (5 minutes by default)...
 const DOWNLOAD_LIMIT_FACTOR: u32 = 10;
+/// ...or the time the body takes at this many bytes per second, if longer.
+const MIN_DOWNLOAD_RATE: u64 = 32 * 1024;
 
 #[derive(Debug)]
 pub(crate) struct Http {
@@ -168,14 +169,15 @@ impl OpenedHttp {
         let body = collect_capped(self.response.bytes_stream(), self.size, max, |e| {
             transport(&shown, e)
         });
-        tokio::time::timeout(self.download_limit, body)
-            .await
-            .unwrap_or_else(|_| {
-                Err(Failure::retryable(format!(
-                    "fetching {shown} took longer than {:?} in all",
-                    self.download_limit
-                )))
-            })
+        // A large file gets the time a slow but honest server needs.
+        let limit = self
+            .download_limit
+            .max(Duration::from_secs(self.size / MIN_DOWNLOAD_RATE));
+        tokio::time::timeout(limit, body).await.unwrap_or_else(|_| {
+            Err(Failure::retryable(format!(
+                "fetching {shown} took longer than {limit:?} in all"
+            )))
+        })
     }
 }
 
