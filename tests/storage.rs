@@ -372,3 +372,40 @@ async fn a_job_over_https_succeeds_and_its_record_is_put_with_the_token() {
         PDF
     );
 }
+
+#[tokio::test]
+async fn a_record_only_retry_that_cannot_fetch_the_file_again_ends_without_a_second_execution() {
+    // The file is served once; the storage endpoint always answers 503. The retries
+    // that only have the record left to write cannot even read the file again: they
+    // count as storage failures and end, instead of looping for ever.
+    let (server, dir) = (FileServer::start().await, tempfile::tempdir().unwrap());
+    server.put_file("once.pdf", PDF);
+    let env = vec![
+        ("FILE_HTTP_ALLOWED_HOSTS".into(), "127.0.0.1".into()),
+        (
+            "FILE_HTTP_CA_FILE".into(),
+            server.write_ca(dir.path()).display().to_string(),
+        ),
+        (
+            "EXTERNAL_STORAGE_ENDPOINT".into(),
+            format!("http://127.0.0.1:{}/fail/503/records", server.http.port()),
+        ),
+        ("MAX_ATTEMPTS".into(), "3".into()),
+    ];
+    let run = worker_run::WorkerRun::start(&env).await;
+    run.publish(&job("e2e-once", &server.https_url("/once/once.pdf")))
+        .await;
+    let results = run.results(1, Duration::from_secs(20)).await;
+    let r = worker_run::result_of(&results, "e2e-once");
+    assert_eq!(r.key, "job.failed", "{:?}", r.body);
+    assert_eq!(r.body["error_kind"], "exhausted", "{:?}", r.body);
+    assert_eq!(r.body["attempts"], 1, "executed once: {:?}", r.body);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the action already ran")),
+        "{:?}",
+        r.body
+    );
+    run.finish().await;
+}

@@ -37,6 +37,8 @@ pub struct Put {
 #[derive(Default)]
 struct Shared {
     files: Mutex<HashMap<String, Bytes>>,
+    /// Files already served once by `/once/{name}`.
+    served_once: Mutex<std::collections::HashSet<String>>,
     puts: Mutex<Vec<Put>>,
     sent: AtomicU64,
 }
@@ -241,6 +243,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counting<T> {
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/files/{name}", get(file))
+        .route("/once/{name}", get(once))
         .route("/big/{size}", get(big))
         .route("/chunked/{size}", get(chunked))
         .route("/redirect", get(redirect))
@@ -258,6 +261,14 @@ async fn file(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Re
         Some(body) => body.clone().into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }
+}
+
+/// A file served the first time, and 503 ever after.
+async fn once(state: State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+    if !state.served_once.lock().unwrap().insert(name.clone()) {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    file(state, Path(name)).await
 }
 
 /// A body of `size` bytes in 64 KiB pieces, made as the client reads them.
