@@ -49,14 +49,14 @@ impl ByteBudget {
     pub async fn reserve(&self, bytes: u64) -> Reservation {
         // A guard, not a decrement after the await: a job cancelled while it waits
         // (shutdown, a lost channel) must not leave `try_reserve` refusing forever.
-        let _waiting = Waiting::enter(&self.waiting);
+        let waiting = Waiting::enter(&self.waiting);
         let permit = self
             .permits
             .clone()
             .acquire_many_owned(self.units(bytes))
             .await
             .expect("the budget's semaphore is never closed");
-        drop(_waiting);
+        drop(waiting);
         metrics::gauge!(names::IN_FLIGHT_BYTES).increment(bytes as f64);
         Reservation {
             _permit: permit,

@@ -73,9 +73,6 @@ struct Pause {
 /// blackholed address, must not hold the worker forever.
 const OPEN_DEADLINE: Duration = Duration::from_secs(30);
 
-/// How long closing a session may wait for the broker's answer.
-const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
-
 /// A paused worker probes at least this often, jitter included.
 const MAX_PROBE_DELAY: Duration = Duration::from_secs(30);
 
@@ -431,11 +428,8 @@ impl Session {
         }
         self.tasks.abort_all();
         // Closing the connection hands every unsettled delivery back to the queue.
-        // Bounded: a close the broker never answers must not keep the process from
-        // exiting (the socket is dropped anyway, with the same effect).
         if self.connection.status().connected() {
-            let close = self.connection.close(200, "cxone-worker closing".into());
-            let _ = tokio::time::timeout(CLOSE_DEADLINE, close).await;
+            super::close(&self.connection, "cxone-worker closing").await;
         }
     }
 }

@@ -19,7 +19,7 @@ use lapin::{Acker, BasicProperties};
 use tokio::task::Id;
 
 use super::publisher::{Outgoing, Publisher};
-use super::topology::{JOBS_DELIVERY_LIMIT, header_int, headers};
+use super::topology::{JOBS_DELIVERY_LIMIT, header_int, headers, headers_without};
 use crate::telemetry::{chain, names};
 
 /// Deliveries counted this many times by the broker are handed back as fresh copies.
@@ -49,16 +49,10 @@ impl Copy {
     /// The fresh message: same body and properties, the broker's count dropped and
     /// added to the returns it carries, so operators still see them.
     fn fresh(self, jobs: &str) -> Outgoing {
-        let mut h = self.properties.headers().clone().unwrap_or_default();
-        let count = |key| header_int(&h, key).unwrap_or(0);
+        let old = self.properties.headers().clone().unwrap_or_default();
+        let count = |key| header_int(&old, key).unwrap_or(0);
         let returns = count(headers::RETURNS).saturating_add(count(headers::DELIVERY_COUNT));
-        let kept = h
-            .inner()
-            .iter()
-            .filter(|(k, _)| k.as_str() != headers::DELIVERY_COUNT)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect::<std::collections::BTreeMap<_, _>>();
-        h = kept.into();
+        let mut h = headers_without(&old, |k| k == headers::DELIVERY_COUNT);
         h.insert(headers::RETURNS.into(), AMQPValue::LongLongInt(returns));
         Outgoing {
             exchange: String::new(),

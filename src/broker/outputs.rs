@@ -5,7 +5,7 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 
 use super::publisher::Outgoing;
-use super::topology::{Topology, headers, routing, short, text};
+use super::topology::{Topology, headers, headers_without, routing, short, text};
 use crate::outcome::{AuditEvent, Outcome, Report, rfc3339};
 use crate::worker::Carried;
 
@@ -26,9 +26,7 @@ pub fn messages(
                 AMQPValue::LongLongInt(i64::from(report.attempts)),
             );
             if report.executed {
-                // An empty id still says "executed": the API may not name one.
-                let id = report.execution_id.as_deref().unwrap_or_default();
-                h.insert(headers::EXECUTION_ID.into(), text(id));
+                mark_executed(&mut h, report);
                 h.insert(
                     headers::SYNC_FAILURES.into(),
                     AMQPValue::LongLongInt(i64::from(report.sync_failures)),
@@ -42,9 +40,9 @@ pub fn messages(
             });
         }
         Outcome::Failed { kind, error } => {
-            let mut h = job_headers(original);
-            h.remove(headers::ATTEMPTS);
-            h.remove(headers::SYNC_FAILURES);
+            let mut h = headers_without(&job_headers(original), |k| {
+                k == headers::ATTEMPTS || k == headers::SYNC_FAILURES
+            });
             h.insert(headers::ERROR_KIND.into(), text(kind.as_str()));
             h.insert(headers::ERROR.into(), text(error));
             h.insert(
@@ -52,10 +50,9 @@ pub fn messages(
                 AMQPValue::LongLongInt(i64::from(report.attempts)),
             );
             if report.executed {
-                // The action ran (only the storage write failed for good): a replay
-                // must write the record, not execute again.
-                let id = report.execution_id.as_deref().unwrap_or_default();
-                h.insert(headers::EXECUTION_ID.into(), text(id));
+                // Only the storage write failed for good: a replay must write the
+                // record, not execute again.
+                mark_executed(&mut h, report);
             }
             h.insert(
                 headers::FAILED_AT.into(),
@@ -108,25 +105,15 @@ fn json_properties() -> BasicProperties {
 
 /// The job's own headers, minus what the broker adds on each delivery.
 fn job_headers(original: &BasicProperties) -> FieldTable {
-    let mut h = original.headers().clone().unwrap_or_default();
-    h.remove(headers::DELIVERY_COUNT);
-    h
+    let h = original.headers().clone().unwrap_or_default();
+    headers_without(&h, |k| k == headers::DELIVERY_COUNT)
 }
 
-trait Remove {
-    fn remove(&mut self, key: &str);
-}
-
-impl Remove for FieldTable {
-    fn remove(&mut self, key: &str) {
-        let kept = self
-            .inner()
-            .iter()
-            .filter(|(k, _)| k.as_str() != key)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect::<std::collections::BTreeMap<_, _>>();
-        *self = FieldTable::from(kept);
-    }
+/// Says on a copy of the job that its execution succeeded. An empty id still says
+/// "executed": the API may answer success without naming one.
+fn mark_executed(h: &mut FieldTable, report: &Report) {
+    let id = report.execution_id.as_deref().unwrap_or_default();
+    h.insert(headers::EXECUTION_ID.into(), text(id));
 }
 
 /// Reads the worker's headers off a delivery.

@@ -358,6 +358,17 @@ pub fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes()))
 }
 
+/// The headers without those `dropped` names (FieldTable has no remove).
+pub fn headers_without(headers: &FieldTable, dropped: impl Fn(&str) -> bool) -> FieldTable {
+    let kept: std::collections::BTreeMap<_, _> = headers
+        .inner()
+        .iter()
+        .filter(|(k, _)| !dropped(k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    FieldTable::from(kept)
+}
+
 /// Reads a header as text, whichever string type the publisher used.
 pub fn header_text(headers: &FieldTable, key: &str) -> Option<String> {
     match headers.inner().get(key)? {

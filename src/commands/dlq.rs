@@ -235,7 +235,7 @@ pub async fn run(cmd: Dlq) -> anyhow::Result<i32> {
             }
         }
     };
-    crate::ops::close(&connection).await;
+    crate::broker::close(&connection, "done").await;
     Ok(status)
 }
 

@@ -87,6 +87,6 @@ pub async fn run(cmd: Status) -> anyhow::Result<i32> {
             () = stop.cancelled() => break,
         }
     }
-    crate::ops::close(&connection).await;
+    crate::broker::close(&connection, "done").await;
     Ok(0)
 }

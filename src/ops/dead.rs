@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::broker::publisher::Outgoing;
-use crate::broker::topology::{Topology, header_int, header_text, headers};
+use crate::broker::topology::{Topology, header_int, header_text, headers, headers_without};
 use crate::job::{ErrorKind, idempotency_key, loose_job_id};
 use crate::outcome::rfc3339;
 
@@ -197,18 +197,13 @@ pub fn replay_copy(topology: &Topology, properties: &BasicProperties, body: &[u8
             .iter()
             .any(|p| key.starts_with(p))
     };
-    let mut kept: std::collections::BTreeMap<_, _> = old
-        .inner()
-        .iter()
-        .filter(|(k, _)| !dropped(k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut kept = headers_without(&old, dropped);
     kept.insert(headers::REPLAYS.into(), AMQPValue::LongLongInt(replays));
     Outgoing {
         exchange: String::new(),
         routing_key: topology.jobs(),
         body: body.to_vec(),
-        properties: properties.clone().with_headers(FieldTable::from(kept)),
+        properties: properties.clone().with_headers(kept),
     }
 }
 

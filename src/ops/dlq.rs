@@ -149,7 +149,7 @@ impl Selection {
             }
             channel.close(200, "done".into()).await
         };
-        let outcome = tokio::time::timeout(super::CLOSE_DEADLINE, settle).await;
+        let outcome = tokio::time::timeout(crate::broker::CLOSE_DEADLINE, settle).await;
         self.picked.clear();
         match outcome {
             Ok(done) => Ok(done?),
@@ -159,7 +159,7 @@ impl Selection {
                 eprintln!(
                     "cxone-worker: the broker did not confirm the end of the read within {:?}; \
                      the messages not removed go back when the connection closes",
-                    super::CLOSE_DEADLINE
+                    crate::broker::CLOSE_DEADLINE
                 );
                 Ok(())
             }
@@ -254,34 +254,33 @@ impl Selection {
         progress: &mut Progress,
     ) -> Result<(), String> {
         let n = settled.len() as u64;
-        let mut broken = None;
+        let mut broken: Option<String> = None;
         for (i, outcome) in settled.drain(..) {
             let (letter, delivery) = &self.picked[i];
-            match outcome {
-                Ok(()) if broken.is_none() => {
-                    match delivery.acker.ack(BasicAckOptions::default()).await {
-                        Ok(true) => report.moved += 1,
-                        // lapin's `Ok(false)`: the channel closed first. The original
-                        // is back in the DLQ beside its confirmed copy (same key).
-                        Ok(false) => {
-                            broken = Some("the DLQ channel closed before an ack".to_owned());
-                            report.failed.push((letter.job_id.clone(), "copied to the jobs queue, but still in the DLQ: the DLQ channel closed".into()));
-                        }
-                        Err(e) => {
-                            broken = Some(format!("acknowledging in the DLQ failed: {e}"));
-                            report.failed.push((
-                                letter.job_id.clone(),
-                                "copied to the jobs queue, but still in the DLQ".into(),
-                            ));
-                        }
-                    }
-                }
-                Ok(()) => report.failed.push((
-                    letter.job_id.clone(),
-                    "copied to the jobs queue, but still in the DLQ: the DLQ channel closed".into(),
-                )),
-                Err(e) => report.failed.push((letter.job_id.clone(), e.to_string())),
+            if let Err(e) = outcome {
+                report.failed.push((letter.job_id.clone(), e.to_string()));
+                continue;
             }
+            // Once an ack failed, the channel is gone: the others are not tried.
+            let acked = match &broken {
+                Some(_) => Ok(false),
+                None => delivery.acker.ack(BasicAckOptions::default()).await,
+            };
+            let why = match acked {
+                Ok(true) => {
+                    report.moved += 1;
+                    continue;
+                }
+                // lapin's `Ok(false)`: the channel closed first. The original is
+                // back in the DLQ beside its confirmed copy (same key).
+                Ok(false) => "the DLQ channel closed before an ack".to_owned(),
+                Err(e) => format!("acknowledging in the DLQ failed: {e}"),
+            };
+            broken.get_or_insert(why);
+            report.failed.push((
+                letter.job_id.clone(),
+                "copied to the jobs queue, but still in the DLQ".into(),
+            ));
         }
         progress.inc(n);
         broken.map_or(Ok(()), Err)

@@ -143,7 +143,7 @@ pub async fn run(
             &mut tally,
         )
         .await?;
-        crate::ops::close(&connection).await;
+        crate::broker::close(&connection, "done").await;
     }
     tally.elapsed = started.elapsed();
     Ok(tally)

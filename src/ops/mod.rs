@@ -65,17 +65,6 @@ pub const STOPPING: &str =
     "stopping: waiting for the outstanding confirms (signal again to quit at once)";
 
 const CONNECT_DEADLINE: Duration = Duration::from_secs(30);
-/// How long a command waits for the broker to answer a cancel or a close at its
-/// end. Past it the process exits anyway: whatever it held unacknowledged goes back
-/// to its queue when the connection drops. (Seen here: under load, lapin's close
-/// now and then never returns although the socket is already closed.)
-pub const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
-
-/// Closes a command's connection, waiting at most [`CLOSE_DEADLINE`].
-pub async fn close(connection: &Connection) {
-    let _ = tokio::time::timeout(CLOSE_DEADLINE, connection.close(200, "done".into())).await;
-}
-
 /// Opens a connection named after the command and the prefix, as operators see it in
 /// the management UI (`cxone-worker dlq (cxone)`), like the worker's own.
 pub async fn connect(broker: &BrokerSettings, command: &str) -> Result<Connection, OpsError> {
