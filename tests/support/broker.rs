@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use cxone_worker::broker::topology::{Topology, text};
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -176,26 +175,7 @@ impl Broker {
         body: &[u8],
         props: BasicProperties,
     ) {
-        let confirm = self
-            .channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                body,
-                props.with_delivery_mode(2),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(
-            confirm.is_ack() && confirm.take_message().is_none(),
-            "publish to {exchange}/{routing_key} refused"
-        );
+        crate::cleanup::publish_confirmed(&self.channel, exchange, routing_key, body, props).await;
     }
 
     /// A dead letter as the worker writes it: the job's own properties plus the

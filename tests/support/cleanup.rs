@@ -10,6 +10,36 @@ pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// Publishes one persistent, mandatory message on a confirm channel and fails the
+/// test unless the broker confirmed it and routed it somewhere.
+pub async fn publish_confirmed(
+    channel: &lapin::Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    props: lapin::BasicProperties,
+) {
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            lapin::options::BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            body,
+            props.with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(
+        confirm.is_ack() && confirm.take_message().is_none(),
+        "publish to {exchange:?}/{routing_key} refused or not routed"
+    );
+}
+
 /// Deletes every queue and exchange of `topology` (`P.control` included), best
 /// effort. Runs on a thread with its own runtime, so it works from `Drop` of a
 /// failing test as well as a passing one, whatever runtime the test used.

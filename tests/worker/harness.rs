@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use cxone_worker::broker::topology::Topology;
 use cxone_worker::sim::{SimConfig, SimHandle, spawn};
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
@@ -231,26 +229,8 @@ impl Worker {
     }
 
     pub async fn publish_raw(&self, body: Vec<u8>, properties: BasicProperties) {
-        let confirm = self
-            .channel
-            .basic_publish(
-                "".into(),
-                self.q("jobs").into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &body,
-                properties.with_delivery_mode(2),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(
-            confirm.is_ack() && confirm.take_message().is_none(),
-            "job not routed"
-        );
+        crate::cleanup::publish_confirmed(&self.channel, "", &self.q("jobs"), &body, properties)
+            .await;
     }
 
     /// Reads up to `n` messages from `P.{queue}` within `within`.
