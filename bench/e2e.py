@@ -122,16 +122,20 @@ def wait_results(ch, queue, n, proc, timeout):
 
 
 def run_one(name, cmd, env, ch, results_queue, n, sim_pid, cwd=None):
-    if os.environ.get("BENCH_STRACE") and name == "cxone-worker":
-        # Diagnostics only: counts syscalls by kind, with strace's heavy overhead.
-        cmd = ["strace", "-f", "-c", "-o", os.environ["BENCH_STRACE"]] + cmd
-    if os.environ.get("BENCH_PERF") and name == "cxone-worker":
-        # Profiling only: the figures then include perf's own overhead.
-        cmd = ["perf", "record", "-e", "cpu-clock", "-F", "1000", "--call-graph", "dwarf,16384", "-o", os.environ["BENCH_PERF"], "--"] + cmd
     rabbit = broker_pid()
     r0, s0 = cpu_seconds(rabbit), cpu_seconds(sim_pid)
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tracer = None
+    if os.environ.get("BENCH_ATTACH") and name == "cxone-worker":
+        # Diagnostics only, e.g. BENCH_ATTACH='strace -c -f -p {pid} -o /tmp/sys.txt': a tracer
+        # attached to the worker for the measured interval, stopped with SIGINT. The figures
+        # then include its overhead.
+        tracer = subprocess.Popen(os.environ["BENCH_ATTACH"].format(pid=proc.pid).split(),
+                                  stderr=subprocess.DEVNULL)
     took, rss = wait_results(ch, results_queue, n, proc, timeout=900)
+    if tracer:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=30)
     own = cpu_seconds(proc.pid)
     switches = context_switches(proc.pid)
     if os.environ.get("BENCH_THREADS"):

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
+use cxone_worker::budget::ByteBudget;
 use cxone_worker::config::{FileArgs, FileSettings};
 use cxone_worker::job::{ErrorKind, Failure};
 use cxone_worker::source::{CloudEnv, Sources};
@@ -79,6 +80,67 @@ fn assert_retryable(result: Result<Bytes, Failure>) -> String {
 
 fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+// ---------------------------------------------------------------- local files
+
+/// Drops a file's pages from the page cache, as if it had never been read.
+fn evict(path: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    f.sync_all().unwrap();
+    // SAFETY: a valid descriptor; advice only.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(r, 0);
+}
+
+/// `fetch` reads cached files on the runtime thread and the others on the blocking
+/// pool: the bytes, the refusals and the byte budget must not tell the two apart.
+#[tokio::test]
+async fn local_files_fetch_alike_cached_or_not_and_wait_for_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let body = PDF.repeat(100);
+    let (cached, on_disk) = (root.join("cached.pdf"), root.join("disk.pdf"));
+    std::fs::write(&cached, &body).unwrap();
+    std::fs::write(&on_disk, &body).unwrap();
+    evict(&on_disk);
+    let s = sources(&[&format!("--file-roots={}", root.display())], vec![]);
+    let budget = ByteBudget::new(10_000);
+    let reference = |p: &std::path::Path| format!("file://{}", p.display());
+    for p in [&cached, &on_disk] {
+        let fetched = s.fetch(&reference(p), &budget).await.unwrap();
+        assert_eq!(fetched.bytes, body, "{}", p.display());
+    }
+    assert_eq!(
+        budget.available(),
+        10_240,
+        "every reservation was given back"
+    );
+
+    let outside = dir.path().join("outside.pdf");
+    std::fs::write(&outside, &body).unwrap();
+    let escape = format!("file://{}/../outside.pdf", root.display());
+    assert!(matches!(
+        s.fetch(&escape, &budget).await.map(|f| f.bytes),
+        Err(Failure::Permanent {
+            kind: ErrorKind::FileAccessDenied,
+            ..
+        })
+    ));
+
+    let held = budget.reserve(8_000).await;
+    let cached_ref = reference(&cached);
+    let waiting = s.fetch(&cached_ref, &budget);
+    tokio::pin!(waiting);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut waiting)
+            .await
+            .is_err(),
+        "a file that does not fit must wait for room"
+    );
+    drop(held);
+    assert_eq!(waiting.await.unwrap().bytes, body);
 }
 
 // ---------------------------------------------------------------- through RabbitMQ

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
@@ -20,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::control::WorkerReport;
-use super::ledger::{Copy, Ledger, give_back, nack};
+use super::ledger::{Copy, Ledger, Settling, give_back, nack};
 use super::outputs::{self, read_job_headers};
 use super::publisher::Publisher;
 use super::topology::Topology;
@@ -144,6 +145,8 @@ struct Session {
     cancelling: bool,
     tasks: JoinSet<TaskEnd>,
     ledger: Ledger,
+    /// Acks sent and not yet written out.
+    acks: FuturesUnordered<Settling>,
     probe: Option<tokio::task::JoinHandle<Result<(), crate::job::Failure>>>,
     /// Pings from `cxone-worker status`.
     control: lapin::Consumer,
@@ -166,12 +169,13 @@ impl Session {
         let control = super::control::listen(&connection, &c.topology).await?;
         Ok(Self {
             connection,
-            channel,
             publisher,
             consumer: None,
             cancelling: false,
             tasks: JoinSet::new(),
-            ledger: Ledger::new(c.topology.jobs()),
+            ledger: Ledger::new(channel.clone(), c.topology.jobs()),
+            channel,
+            acks: FuturesUnordered::new(),
             probe: None,
             control,
             draining: false,
@@ -271,6 +275,11 @@ impl Session {
                         return SessionEnd::Lost(why);
                     }
                 }
+                Some(acked) = self.acks.next(), if !self.acks.is_empty() => {
+                    if let Err(why) = acked {
+                        return SessionEnd::Lost(why);
+                    }
+                }
                 delivery = Self::next_delivery(&mut self.consumer) => match delivery {
                     Some(Ok(delivery)) if pause.is_some() || self.cancelling => {
                         // Sent before our cancel took effect: not ours to start now.
@@ -313,6 +322,7 @@ impl Session {
 
     fn start(&mut self, c: &Arc<Consumer>, delivery: lapin::message::Delivery) {
         let lapin::message::Delivery {
+            delivery_tag,
             data,
             properties,
             acker,
@@ -321,7 +331,7 @@ impl Session {
         let copy = Copy::when_due(&data, &properties);
         let task = process_delivery(c.clone(), self.publisher.clone(), data, properties);
         let id = self.tasks.spawn(task).id();
-        self.ledger.hold(id, acker, copy);
+        self.ledger.hold(id, acker, delivery_tag, copy);
     }
 
     /// Hands back a delivery that was not started (see [`give_back`]).
@@ -351,7 +361,10 @@ impl Session {
             }
         };
         match end {
-            TaskEnd::Ack => self.ledger.ack(id).await,
+            TaskEnd::Ack => {
+                self.acks.extend(self.ledger.ack(id));
+                Ok(())
+            }
             TaskEnd::HandBack(cause, error) => {
                 if pause.is_none() {
                     tracing::warn!(cause = cause.as_str(), error = %error, "pausing: not the jobs' fault");
@@ -395,6 +408,11 @@ impl Session {
                         tracing::warn!(error = %e, "settling a job during shutdown failed");
                     }
                 }
+                Some(acked) = self.acks.next(), if !self.acks.is_empty() => {
+                    if let Err(e) = acked {
+                        tracing::warn!(error = %e, "acknowledging a job during shutdown failed");
+                    }
+                }
                 delivery = Self::next_delivery(&mut self.consumer) => match delivery {
                     Some(Ok(d)) => { let _ = nack(&d.acker).await; }
                     _ => self.consumer = None,
@@ -419,6 +437,21 @@ impl Session {
             }
         }
         self.ledger.hand_back_all().await;
+        // Acks still unwritten when the connection closes would bring their jobs
+        // back: a second report of work already done.
+        let flushed = tokio::time::timeout(super::CLOSE_DEADLINE, async {
+            while let Some(acked) = self.acks.next().await {
+                if let Err(e) = acked {
+                    tracing::warn!(error = %e, "acknowledging a job during shutdown failed");
+                }
+            }
+        });
+        if flushed.await.is_err() {
+            tracing::warn!(
+                acks = self.acks.len(),
+                "acknowledgements not written before the deadline; those jobs come back"
+            );
+        }
         SessionEnd::Shutdown
     }
 
