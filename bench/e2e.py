@@ -8,6 +8,9 @@ RSS, and RabbitMQ's and the simulator's CPU per job over the same interval.
 
 usage: bench/e2e.py [--jobs N] [--size BYTES] [--concurrency C] [--only worker|seed]
 Needs: python3 with pika, node + npm (for the seed), a reachable RabbitMQ.
+Diagnostics: BENCH_THREADS=1 prints the worker's CPU and context switches by thread;
+BENCH_ATTACH='strace -c -f -p {pid} -o FILE' (or perf record -p {pid} ...) attaches a
+tracer to the worker for the measured interval.
 """
 import argparse, json, os, random, shutil, signal, socket, subprocess, sys, tempfile, time, uuid
 

@@ -361,10 +361,19 @@ impl Session {
             }
         };
         match end {
-            TaskEnd::Ack => {
-                self.acks.extend(self.ledger.ack(id));
-                Ok(())
-            }
+            TaskEnd::Ack => match self.ledger.ack(id) {
+                // Polled once now, which hands the frame to lapin: should the
+                // session end before the loop polls the acks again, the ack still
+                // goes out ahead of the connection's close.
+                Some(mut ack) => match futures_util::FutureExt::now_or_never(ack.as_mut()) {
+                    Some(result) => result,
+                    None => {
+                        self.acks.push(ack);
+                        Ok(())
+                    }
+                },
+                None => Ok(()),
+            },
             TaskEnd::HandBack(cause, error) => {
                 if pause.is_none() {
                     tracing::warn!(cause = cause.as_str(), error = %error, "pausing: not the jobs' fault");
@@ -437,12 +446,21 @@ impl Session {
             }
         }
         self.ledger.hand_back_all().await;
+        SessionEnd::Shutdown
+    }
+
+    async fn close(&mut self) {
+        if let Some(p) = self.probe.take() {
+            p.abort();
+        }
+        self.tasks.abort_all();
         // Acks still unwritten when the connection closes would bring their jobs
-        // back: a second report of work already done.
+        // back: a second report of work already done. On a dead connection they
+        // fail at once.
         let flushed = tokio::time::timeout(super::CLOSE_DEADLINE, async {
             while let Some(acked) = self.acks.next().await {
                 if let Err(e) = acked {
-                    tracing::warn!(error = %e, "acknowledging a job during shutdown failed");
+                    tracing::warn!(error = %e, "acknowledging a finished job failed");
                 }
             }
         });
@@ -452,14 +470,6 @@ impl Session {
                 "acknowledgements not written before the deadline; those jobs come back"
             );
         }
-        SessionEnd::Shutdown
-    }
-
-    async fn close(&mut self) {
-        if let Some(p) = self.probe.take() {
-            p.abort();
-        }
-        self.tasks.abort_all();
         // Closing the connection hands every unsettled delivery back to the queue.
         if self.connection.status().connected() {
             super::close(&self.connection, "cxone-worker closing").await;

@@ -18,8 +18,8 @@ pub(crate) enum Roots {
 /// A local file, opened and checked, ready to be read.
 #[derive(Debug)]
 pub(crate) struct OpenedFile {
-    file: File,
-    size: u64,
+    pub(super) file: File,
+    pub(super) size: u64,
 }
 
 impl OpenedFile {
@@ -41,100 +41,6 @@ impl OpenedFile {
     }
 }
 
-/// Files up to this size may be read on a runtime thread when the page cache holds
-/// them: copying that much costs microseconds. Larger ones go to the blocking pool.
-pub(crate) const CACHED_READ_MAX: u64 = 256 * 1024;
-
-impl OpenedFile {
-    /// Reads the file only from the page cache, never waiting on a disk or the
-    /// network, so it may run on a runtime thread. `None` when part of it is not
-    /// cached, the file system cannot promise not to wait (no `RWF_NOWAIT`), or
-    /// reading fails: the caller then reads it with [`OpenedFile::read`] on the
-    /// blocking pool, which also reports the errors.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    pub(crate) fn read_cached(&self, max: u64) -> Option<Result<Vec<u8>, Failure>> {
-        use std::os::fd::AsRawFd;
-        // One byte past the limit tells a file that grew too large.
-        let limit = max.saturating_add(1);
-        // +1: room for the read that finds the end of the file.
-        let mut buf: Vec<u8> = Vec::with_capacity(self.size.min(max) as usize + 1);
-        loop {
-            let room = limit - buf.len() as u64;
-            if room == 0 {
-                break;
-            }
-            if buf.len() == buf.capacity() {
-                buf.reserve(room.min(64 * 1024) as usize);
-            }
-            let spare = buf.spare_capacity_mut();
-            let want = spare.len().min(usize::try_from(room).unwrap_or(usize::MAX));
-            let iov = libc::iovec {
-                iov_base: spare.as_mut_ptr().cast(),
-                iov_len: want,
-            };
-            let offset = libc::off_t::try_from(buf.len()).ok()?;
-            // SAFETY: the iovec points into `buf`'s spare capacity, `want` bytes
-            // long; the descriptor is owned by `self.file` and open.
-            let n =
-                unsafe { libc::preadv2(self.file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
-            match n {
-                0 => break,
-                n if n > 0 => {
-                    // SAFETY: the kernel wrote `n` <= `want` bytes into the spare capacity.
-                    unsafe { buf.set_len(buf.len() + n as usize) };
-                }
-                // EAGAIN: not cached; EOPNOTSUPP: this file system would wait.
-                _ => return None,
-            }
-        }
-        Some(check_size(buf.len() as u64, max).map(|()| buf))
-    }
-
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    pub(crate) fn read_cached(&self, _max: u64) -> Option<Result<Vec<u8>, Failure>> {
-        None
-    }
-}
-
-/// Whether every root lies on a local file system, where opening a file is a
-/// lookup in memory or one short disk read: then files are opened on the runtime
-/// thread. On NFS, SMB or FUSE an open can wait on the network, so it stays on the
-/// blocking pool.
-pub(crate) fn roots_are_local(roots: &[PathBuf]) -> bool {
-    !roots.is_empty() && roots.iter().all(|root| is_local_fs(root))
-}
-
-#[cfg(target_os = "linux")]
-fn is_local_fs(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    // ext2-4, XFS, Btrfs, tmpfs, ramfs, overlayfs (containers), ZFS, F2FS.
-    const LOCAL: [u32; 8] = [
-        0xEF53,
-        0x5846_5342,
-        0x9123_683E,
-        0x0102_1994,
-        0x8584_58F6,
-        0x794C_7630,
-        0x2FC1_2FC1,
-        0xF2F5_2010,
-    ];
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: a zeroed statfs is a valid out-parameter; the path is NUL-terminated.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
-        return false;
-    }
-    // The magic numbers are 32 bits; f_type's width varies by architecture.
-    LOCAL.contains(&(st.f_type as u32))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn is_local_fs(_path: &Path) -> bool {
-    false
-}
-
 fn io_failure(what: &str, e: &io::Error) -> Failure {
     match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => {
@@ -154,11 +60,7 @@ fn io_failure(what: &str, e: &io::Error) -> Failure {
 /// no window between a check and the open. Only a failed open walks the path to
 /// tell "outside the roots" from "missing".
 pub(crate) fn open(reference: &str, roots: &Roots, max: u64) -> Result<OpenedFile, Failure> {
-    let raw = reference
-        .strip_prefix("file://localhost")
-        .or_else(|| reference.strip_prefix("file://"))
-        .unwrap_or(reference);
-    let path = Path::new(raw);
+    let path = local_path(reference);
     if !path.is_absolute() {
         return Err(denied(format!(
             "{:?} is not an absolute path",
@@ -202,6 +104,16 @@ pub(crate) fn open(reference: &str, roots: &Roots, max: u64) -> Result<OpenedFil
     let size = meta.len();
     check_size(size, max)?;
     Ok(OpenedFile { file, size })
+}
+
+/// The path a `file://` reference (or a bare path, for `encode`) names.
+pub(super) fn local_path(reference: &str) -> &Path {
+    Path::new(
+        reference
+            .strip_prefix("file://localhost")
+            .or_else(|| reference.strip_prefix("file://"))
+            .unwrap_or(reference),
+    )
 }
 
 /// Opens for reading without blocking on a FIFO (which would wait for a writer);
@@ -258,7 +170,7 @@ fn confine(path: &Path, roots: &[PathBuf]) -> Result<PathBuf, Failure> {
 
 /// Removes `.` and resolves `..` without touching the file system; `..` at the top
 /// stays at `/`, as the kernel does.
-fn normalize(path: &Path) -> PathBuf {
+pub(super) fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::from("/");
     for c in path.components() {
         match c {
@@ -429,105 +341,6 @@ mod tests {
             10
         );
         assert_eq!(kind_of(open_in(&t, &at(11), 10)), ErrorKind::TooLarge);
-    }
-
-    /// Drops the file's pages from the page cache, as if it had never been read.
-    fn evict(p: &Path) {
-        use std::os::fd::AsRawFd;
-        let f = File::open(p).unwrap();
-        f.sync_all().unwrap();
-        // SAFETY: a valid descriptor; advice only.
-        let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        assert_eq!(r, 0);
-    }
-
-    #[test]
-    fn cached_reads_take_only_what_the_page_cache_holds() {
-        let t = tree();
-        let local = roots_are_local(std::slice::from_ref(&t.root));
-        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        let p = t.root.join("big.pdf");
-        std::fs::write(&p, &body).unwrap();
-        let reference = format!("file://{}", p.display());
-        let max = 300_000;
-        let cached = open_in(&t, &reference, max).unwrap().read_cached(max);
-        if cfg!(all(target_os = "linux", target_env = "gnu")) && local {
-            // Just written, so cached: read whole, across several 64 KiB steps.
-            assert_eq!(cached.unwrap().unwrap(), body);
-            evict(&p);
-            assert!(
-                open_in(&t, &reference, max)
-                    .unwrap()
-                    .read_cached(max)
-                    .is_none(),
-                "pages on disk only must be left to the blocking pool"
-            );
-        } else {
-            assert!(cached.is_none_or(|r| r.unwrap() == body));
-        }
-        // Whichever way it went, the blocking read gives the same bytes.
-        assert_eq!(
-            open_in(&t, &reference, max).unwrap().read(max).unwrap(),
-            body
-        );
-    }
-
-    #[test]
-    fn cached_reads_keep_the_size_checks() {
-        let t = tree();
-        if !roots_are_local(std::slice::from_ref(&t.root)) {
-            return; // read_cached declines everywhere else: nothing to check.
-        }
-        let p = t.root.join("changes");
-        std::fs::write(&p, vec![1u8; 10]).unwrap();
-        let at_limit = open_in(&t, &format!("file://{}", p.display()), 10).unwrap();
-        assert_eq!(at_limit.read_cached(10).unwrap().unwrap().len(), 10);
-        let opened = open_in(&t, &format!("file://{}", p.display()), 10).unwrap();
-        std::fs::write(&p, vec![1u8; 1000]).unwrap();
-        assert!(matches!(
-            opened.read_cached(10),
-            Some(Err(Failure::Permanent {
-                kind: ErrorKind::TooLarge,
-                ..
-            }))
-        ));
-        let opened = open_in(&t, &format!("file://{}", p.display()), 2000).unwrap();
-        std::fs::write(&p, b"").unwrap();
-        assert!(matches!(
-            opened.read_cached(2000),
-            Some(Err(Failure::Permanent {
-                kind: ErrorKind::EmptyFile,
-                ..
-            }))
-        ));
-    }
-
-    #[test]
-    fn only_local_file_systems_are_opened_inline() {
-        assert!(!roots_are_local(&[]), "no roots, nothing to open");
-        assert!(
-            !roots_are_local(&[PathBuf::from("/proc")]),
-            "procfs is not a disk"
-        );
-        assert!(!roots_are_local(&[PathBuf::from("/no/such/root")]));
-        let t = tree();
-        if cfg!(target_os = "linux") {
-            let fs = std::process::Command::new("stat")
-                .args(["-f", "-c", "%T"])
-                .arg(&t.root)
-                .output()
-                .unwrap();
-            let fs = String::from_utf8_lossy(&fs.stdout).trim().to_owned();
-            let expected = matches!(
-                fs.as_str(),
-                "ext2/ext3" | "xfs" | "btrfs" | "tmpfs" | "ramfs" | "overlayfs" | "zfs" | "f2fs"
-            );
-            assert_eq!(
-                roots_are_local(std::slice::from_ref(&t.root)),
-                expected,
-                "{fs}"
-            );
-        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! | `object.rs` | `s3://`, `az://`, `gs://` in the buckets of `FILE_BUCKETS` |
 //! | `stores.rs` | the object stores, built from each cloud's environment (shared with `storage`) |
 
+mod cached;
 mod file;
 mod http;
 mod object;
@@ -24,6 +25,7 @@ use crate::budget::{ByteBudget, Reservation};
 use crate::config::{ConfigError, FileSettings};
 use crate::job::{ErrorKind, Failure};
 
+use cached::CachedRoots;
 use file::{OpenedFile, Roots};
 pub(crate) use http::shown as shown_url;
 use http::{Http, OpenedHttp};
@@ -34,8 +36,8 @@ pub use stores::CloudEnv;
 #[derive(Debug, Clone)]
 pub struct Sources {
     roots: Roots,
-    /// The roots are on local file systems: open files on the runtime thread.
-    open_inline: bool,
+    /// The roots on local disks, for files opened and read without the blocking pool.
+    cached: Arc<CachedRoots>,
     max_bytes: u64,
     /// `None`: http(s):// references are refused (`cxone-worker encode`).
     http: Option<Arc<Http>>,
@@ -64,7 +66,7 @@ impl Sources {
     pub fn with_cloud_env(files: &FileSettings, env: CloudEnv) -> Result<Self, ConfigError> {
         Ok(Self {
             roots: Roots::Only(files.roots.clone()),
-            open_inline: file::roots_are_local(&files.roots),
+            cached: Arc::new(CachedRoots::new(&files.roots)),
             max_bytes: files.max_payload_bytes,
             http: Some(Arc::new(Http::new(files)?)),
             objects: Some(Arc::new(Objects::new(env, files.buckets.clone()))),
@@ -75,7 +77,7 @@ impl Sources {
     pub fn local(max_bytes: u64) -> Self {
         Self {
             roots: Roots::Any,
-            open_inline: false,
+            cached: Arc::default(),
             max_bytes,
             http: None,
             objects: None,
@@ -121,14 +123,12 @@ impl Sources {
     /// local disks, a small file the page cache holds needs no trip at all.
     pub async fn fetch(&self, reference: &str, budget: &ByteBudget) -> Result<Fetched, Failure> {
         let max = self.max_bytes;
-        if self.open_inline && is_local(reference, &self.roots) {
-            // Every trip to the blocking pool costs two thread switches, more than
-            // the open and the read of a cached 10 KB file together.
-            let file = file::open(reference, &self.roots, max)?;
+        if let Some(opened) = self.cached.open(reference, max) {
+            let file = opened?;
             let reservation = match budget.try_reserve(file.size()) {
                 Some(reservation) => {
-                    if file.size() <= file::CACHED_READ_MAX
-                        && let Some(read) = file.read_cached(max)
+                    if file.size() <= cached::CACHED_READ_MAX
+                        && let Some(read) = cached::read(&file, max)
                     {
                         return Ok(Fetched {
                             bytes: Bytes::from(read?),

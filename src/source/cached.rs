@@ -1,0 +1,222 @@
+//! The fast path for `file://`: open and read a file on the runtime thread when the
+//! kernel promises that neither waits on a disk or the network. A trip to the
+//! blocking pool costs two thread switches, more than opening and reading a cached
+//! 10 KB file together. Whatever the kernel does not promise goes to the blocking
+//! pool as before (`file.rs`), which also says why a path is refused.
+//!
+//! The open is `openat2` beneath a root's directory with `RESOLVE_BENEATH` (no
+//! escape, by `..` or by a link), `RESOLVE_NO_XDEV` (no other mount, so no network
+//! file system below a local root) and `RESOLVE_CACHED` (every step already in the
+//! kernel's cache: no disk read). The read is `preadv2` with `RWF_NOWAIT`: only
+//! what the page cache holds.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::check_size;
+use super::file::{OpenedFile, local_path, normalize};
+use crate::job::Failure;
+
+/// Files up to this size may be read on a runtime thread: copying that much out of
+/// the page cache takes microseconds. Larger ones go to the blocking pool.
+pub(crate) const CACHED_READ_MAX: u64 = 256 * 1024;
+
+/// The roots on local disks, open, to resolve paths beneath them.
+#[derive(Debug, Default)]
+pub(crate) struct CachedRoots {
+    roots: Vec<(PathBuf, OwnedFd)>,
+    /// The kernel has no `RESOLVE_CACHED` (before 5.12), or a sandbox forbids
+    /// `openat2`: every file goes to the blocking pool.
+    unsupported: AtomicBool,
+}
+
+impl CachedRoots {
+    /// The roots (canonical) that lie on local file systems. Network file systems
+    /// (NFS, SMB, FUSE) are left out: opening a file there may wait on the network
+    /// even when the path is cached. So are tmpfs and ramfs, which cannot read
+    /// with `RWF_NOWAIT`.
+    pub(crate) fn new(roots: &[PathBuf]) -> Self {
+        Self {
+            roots: roots
+                .iter()
+                .filter(|root| is_local_fs(root))
+                .filter_map(|root| Some((root.clone(), open_dir(root).ok()?)))
+                .collect(),
+            unsupported: AtomicBool::new(false),
+        }
+    }
+
+    /// Opens the file `reference` names, when the kernel can do it without waiting.
+    /// `None` when it cannot promise that, or the open fails for any reason: the
+    /// caller then opens it on the blocking pool.
+    pub(crate) fn open(&self, reference: &str, max: u64) -> Option<Result<OpenedFile, Failure>> {
+        if self.roots.is_empty()
+            || !reference.starts_with("file://")
+            || self.unsupported.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        let path = local_path(reference);
+        if !path.is_absolute() {
+            return None;
+        }
+        let lexical = normalize(path);
+        let (root, dir) = self
+            .roots
+            .iter()
+            .find(|(root, _)| lexical.starts_with(root))?;
+        let relative = lexical.strip_prefix(root).ok()?;
+        if relative.as_os_str().is_empty() {
+            return None;
+        }
+        let file = match open_beneath(dir, relative) {
+            Ok(fd) => File::from(fd),
+            Err(e) => {
+                // EINVAL: no RESOLVE_CACHED; ENOSYS or EPERM: no openat2 (old
+                // kernel, seccomp). Asking again would fail again.
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::ENOSYS | libc::EPERM)
+                ) {
+                    self.unsupported.store(true, Ordering::Relaxed);
+                }
+                return None;
+            }
+        };
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() {
+            return None;
+        }
+        let size = meta.len();
+        Some(check_size(size, max).map(|()| OpenedFile { file, size }))
+    }
+}
+
+/// Reads `file` only from the page cache. `None` when part of it is not cached, the
+/// file system cannot promise not to wait, it grew past [`CACHED_READ_MAX`], or
+/// reading fails: the caller then reads it with [`OpenedFile::read`] on the
+/// blocking pool, which also reports errors. Same checks as that read: a file that
+/// grew past `max` or became empty is refused.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub(crate) fn read(file: &OpenedFile, max: u64) -> Option<Result<Vec<u8>, Failure>> {
+    use std::os::fd::AsRawFd;
+    let cap = max.min(CACHED_READ_MAX);
+    // One byte past the cap tells a file that grew.
+    let limit = cap + 1;
+    // +1: room for the read that finds the end of the file.
+    let mut buf: Vec<u8> = Vec::with_capacity(file.size.min(cap) as usize + 1);
+    while (buf.len() as u64) < limit {
+        let room = limit - buf.len() as u64;
+        if buf.len() == buf.capacity() {
+            buf.reserve(room.min(64 * 1024) as usize);
+        }
+        let spare = buf.spare_capacity_mut();
+        let want = spare.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let iov = libc::iovec {
+            iov_base: spare.as_mut_ptr().cast(),
+            iov_len: want,
+        };
+        let offset = libc::off_t::try_from(buf.len()).ok()?;
+        // SAFETY: the iovec points into `buf`'s spare capacity, `want` bytes long;
+        // the descriptor is owned by `file` and open.
+        let n = unsafe { libc::preadv2(file.file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+        match usize::try_from(n) {
+            Ok(0) => break,
+            // SAFETY: the kernel wrote `n` <= `want` bytes into the spare capacity.
+            Ok(n) => unsafe { buf.set_len(buf.len() + n) },
+            // EAGAIN: not cached; EOPNOTSUPP: this file system would wait.
+            Err(_) => return None,
+        }
+    }
+    if buf.len() as u64 > cap && cap < max {
+        return None;
+    }
+    Some(check_size(buf.len() as u64, max).map(|()| buf))
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub(crate) fn read(_file: &OpenedFile, _max: u64) -> Option<Result<Vec<u8>, Failure>> {
+    None
+}
+
+fn open_dir(root: &Path) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_PATH: a handle to resolve paths from, which needs no read permission.
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(root)?;
+    Ok(dir.into())
+}
+
+#[cfg(target_os = "linux")]
+fn open_beneath(dir: &OwnedFd, relative: &Path) -> io::Result<OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(relative.as_os_str().as_bytes())?;
+    // SAFETY: open_how is plain integers; zero is "no flags".
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    // Non-blocking: a FIFO must not wait for a writer.
+    how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH
+        | libc::RESOLVE_NO_XDEV
+        | libc::RESOLVE_NO_MAGICLINKS
+        | libc::RESOLVE_CACHED;
+    // SAFETY: valid descriptor, NUL-terminated name, `how` and its size.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &raw const how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("openat2 returned no descriptor"))?;
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat2 just returned this descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_beneath(_dir: &OwnedFd, _relative: &Path) -> io::Result<OwnedFd> {
+    Err(io::Error::from_raw_os_error(libc::ENOSYS))
+}
+
+#[cfg(target_os = "linux")]
+fn is_local_fs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    // ext2-4, XFS, Btrfs, overlayfs (containers), ZFS, F2FS.
+    const LOCAL: [u32; 6] = [
+        0xEF53,
+        0x5846_5342,
+        0x9123_683E,
+        0x794C_7630,
+        0x2FC1_2FC1,
+        0xF2F5_2010,
+    ];
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a zeroed statfs is a valid out-parameter; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    // The magic numbers are 32 bits; f_type's width varies by architecture.
+    LOCAL.contains(&(st.f_type as u32))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn is_local_fs(_path: &Path) -> bool {
+    false
+}
+
+#[cfg(test)]
+#[path = "cached_tests.rs"]
+mod tests;
