@@ -35,15 +35,19 @@ def cpu_seconds(pid):
     return sum(int(x) for x in fields[11:15]) / TICK
 
 
+def thread_switches(pid, tid):
+    """Voluntary + involuntary context switches of one thread."""
+    with open(f"/proc/{pid}/task/{tid}/status") as f:
+        return sum(int(line.split()[1]) for line in f
+                   if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")))
+
+
 def context_switches(pid):
     """Voluntary + involuntary context switches of all of a process's threads."""
     total = 0
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                for line in f:
-                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                        total += int(line.split()[1])
+            total += thread_switches(pid, tid)
         except OSError:
             pass
     return total
@@ -58,11 +62,7 @@ def print_threads(pid, n):
             with open(f"/proc/{pid}/task/{tid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
             cpu = (int(fields[11]) + int(fields[12])) / TICK
-            sw = 0
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                for line in f:
-                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                        sw += int(line.split()[1])
+            sw = thread_switches(pid, tid)
         except OSError:
             continue
         c, s, k = by_name.get(name, (0.0, 0, 0))

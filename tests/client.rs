@@ -58,6 +58,26 @@ async fn execute(
     client.execute(action, key, Bytes::from_static(BODY)).await
 }
 
+/// `n` executes started together, each on its own task so that they race for the
+/// token, with the keys `{prefix}0`, `{prefix}1`, ...; their results in that order.
+async fn execute_at_once(
+    client: &Arc<Client>,
+    prefix: &str,
+    n: usize,
+) -> Vec<Result<cxone_worker::cxone::Executed, Failure>> {
+    let calls: Vec<_> = (0..n)
+        .map(|i| {
+            let (client, key) = (client.clone(), format!("{prefix}{i}"));
+            tokio::spawn(async move { execute(&client, "act", &key).await })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(n);
+    for call in calls {
+        results.push(call.await.unwrap());
+    }
+    results
+}
+
 /// The systemic cause of a failure, if it is one.
 fn cause<T>(r: &Result<T, Failure>) -> Option<Systemic> {
     match r {
@@ -76,14 +96,8 @@ fn kind(r: Result<cxone_worker::cxone::Executed, Failure>) -> ErrorKind {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hundred_cold_callers_share_one_token_request() {
     let (handle, client) = sim(SimConfig::default()).await;
-    let calls: Vec<_> = (0..100)
-        .map(|i| {
-            let client = client.clone();
-            tokio::spawn(async move { execute(&client, "act", &format!("k-{i}")).await })
-        })
-        .collect();
-    for call in calls {
-        let executed = call.await.unwrap().expect("execute succeeds");
+    for executed in execute_at_once(&client, "k-", 100).await {
+        let executed = executed.expect("execute succeeds");
         assert!(executed.execution_id.unwrap().starts_with("exec-"));
     }
     let s = stats(&handle).await;
@@ -292,14 +306,7 @@ async fn refused_credentials_are_systemic_and_asked_once() {
     let client = Arc::new(fast_token_retries(
         Client::new(&settings(&handle.url(), "wrong"), 16).unwrap(),
     ));
-    let calls: Vec<_> = (0..10)
-        .map(|i| {
-            let client = client.clone();
-            tokio::spawn(async move { execute(&client, "act", &format!("c-{i}")).await })
-        })
-        .collect();
-    for c in calls {
-        let r = c.await.unwrap();
+    for r in execute_at_once(&client, "c-", 10).await {
         assert_eq!(cause(&r), Some(Systemic::CredentialsRefused), "{r:?}");
     }
     let s = stats(&handle).await;
@@ -443,14 +450,7 @@ async fn a_failed_refresh_keeps_the_token_that_still_works() {
     // Expired and no new one: every caller, those that queued behind the failed
     // refresh included, learns it; none is handed the expired token.
     let client = Arc::new(client);
-    let calls: Vec<_> = (0..8)
-        .map(|i| {
-            let client = client.clone();
-            tokio::spawn(async move { execute(&client, "act", &format!("k-3-{i}")).await })
-        })
-        .collect();
-    for call in calls {
-        let r = call.await.unwrap();
+    for r in execute_at_once(&client, "k-3-", 8).await {
         assert_eq!(cause(&r), Some(Systemic::ApiUnreachable), "{r:?}");
     }
 }

@@ -95,14 +95,17 @@ impl CachedRoots {
     }
 }
 
-/// Reads `file` only from the page cache. `None` when part of it is not cached, the
-/// file system cannot promise not to wait, it grew past [`CACHED_READ_MAX`], or
-/// reading fails: the caller then reads it with [`OpenedFile::read`] on the
-/// blocking pool, which also reports errors. Same checks as that read: a file that
-/// grew past `max` or became empty is refused.
+/// Reads `file` only from the page cache. `None` when it is (or grew) larger than
+/// [`CACHED_READ_MAX`], part of it is not cached, the file system cannot promise not
+/// to wait, or reading fails: the caller then reads it with [`OpenedFile::read`] on
+/// the blocking pool, which also reports errors. Same checks as that read: a file
+/// that grew past `max` or became empty is refused.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub(crate) fn read(file: &OpenedFile, max: u64) -> Option<Result<Vec<u8>, Failure>> {
     use std::os::fd::AsRawFd;
+    if file.size > CACHED_READ_MAX {
+        return None;
+    }
     let cap = max.min(CACHED_READ_MAX);
     // One byte past the cap tells a file that grew.
     let limit = cap + 1;

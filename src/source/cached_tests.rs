@@ -3,32 +3,27 @@ use std::os::unix::fs::symlink;
 use super::*;
 use crate::job::ErrorKind;
 
+/// A root with a file outside it, and the fast path over that root.
 struct Tree {
-    _dir: tempfile::TempDir,
     root: PathBuf,
     outside: PathBuf,
     roots: CachedRoots,
+    _files: super::super::file::tests::Tree,
 }
 
-/// A root with a file outside it. `None` where the fast path cannot apply (the
-/// temporary directory is on tmpfs, say): nothing to test there but that it stays
-/// out of the way, which `every_root_elsewhere_is_left_to_the_blocking_pool` does.
+/// `None` where the fast path cannot apply (the temporary directory is on tmpfs,
+/// say): nothing to test there but that it stays out of the way, which
+/// `every_root_elsewhere_is_left_to_the_blocking_pool` does.
 fn tree() -> Option<Tree> {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().canonicalize().unwrap();
-    let root = base.join("in");
-    std::fs::create_dir(&root).unwrap();
-    let outside = base.join("outside.pdf");
-    std::fs::write(&outside, b"%PDF-1.4 secret").unwrap();
-    if !(cfg!(all(target_os = "linux", target_env = "gnu")) && is_local_fs(&root)) {
+    let files = super::super::file::tests::tree();
+    if !(cfg!(all(target_os = "linux", target_env = "gnu")) && is_local_fs(&files.root)) {
         return None;
     }
-    let roots = CachedRoots::new(std::slice::from_ref(&root));
     Some(Tree {
-        _dir: dir,
-        root,
-        outside,
-        roots,
+        root: files.root.clone(),
+        outside: files.outside.clone(),
+        roots: CachedRoots::new(std::slice::from_ref(&files.root)),
+        _files: files,
     })
 }
 

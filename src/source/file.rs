@@ -211,17 +211,18 @@ fn resolve_existing_prefix(path: &Path) -> (PathBuf, bool) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
-    struct Tree {
+    /// A root (`in`) in a temporary directory, with a file beside it, outside.
+    pub(in crate::source) struct Tree {
         _dir: tempfile::TempDir,
-        root: PathBuf,
-        outside: PathBuf,
+        pub(in crate::source) root: PathBuf,
+        pub(in crate::source) outside: PathBuf,
     }
 
-    fn tree() -> Tree {
+    pub(in crate::source) fn tree() -> Tree {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().canonicalize().unwrap();
         let root = base.join("in");

@@ -127,9 +127,7 @@ impl Sources {
             let file = opened?;
             let reservation = match budget.try_reserve(file.size()) {
                 Some(reservation) => {
-                    if file.size() <= cached::CACHED_READ_MAX
-                        && let Some(read) = cached::read(&file, max)
-                    {
+                    if let Some(read) = cached::read(&file, max) {
                         return Ok(Fetched {
                             bytes: Bytes::from(read?),
                             reservation,
