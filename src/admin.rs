@@ -77,7 +77,7 @@ pub fn metrics_handle() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
-                    metrics_exporter_prometheus::Matcher::Full(names::EXECUTE_LATENCY.to_owned()),
+                    metrics_exporter_prometheus::Matcher::Full(names::EXECUTE_DURATION.to_owned()),
                     &[
                         0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                     ],

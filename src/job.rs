@@ -88,6 +88,51 @@ pub fn idempotency_key(job_id: Option<&str>, message_id: Option<&str>, body: &[u
     format!("sha256:{}", hex::encode(Sha256::digest(body)))
 }
 
+/// Longest `file` shown in outputs: a reference may be as long as the job allows.
+const MAX_SHOWN_FILE: usize = 2048;
+
+/// A job's file reference as outputs show it (results, audit events, records, logs,
+/// `dlq list`): userinfo, query and fragment removed, since any of them may hold a
+/// credential (a presigned signature, a password). `file://` paths are shown as the
+/// job wrote them: the worker reads them without percent-decoding, so a `?` or `#`
+/// there is part of the file's name.
+pub fn shown_file(reference: &str) -> String {
+    let shown = if reference.starts_with("file://") {
+        crate::config::redact_url(reference)
+    } else {
+        match url::Url::parse(reference) {
+            Ok(url) if url.has_host() => {
+                let mut out = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
+                if let Some(port) = url.port() {
+                    out.push_str(&format!(":{port}"));
+                }
+                out.push_str(url.path());
+                out
+            }
+            _ => {
+                // Redact first: a password may itself hold `?` or `#`.
+                let redacted = crate::config::redact_url(reference);
+                let end = redacted.find(['?', '#']).unwrap_or(redacted.len());
+                redacted[..end].to_owned()
+            }
+        }
+    };
+    cut(shown, MAX_SHOWN_FILE)
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, `…` marking a cut.
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max - '…'.len_utf8();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
 /// Reads the `job_id` of a body that may not be a valid job, so that even an
 /// `invalid_job` result names the job when it can.
 pub fn loose_job_id(body: &[u8]) -> Option<String> {
@@ -317,6 +362,29 @@ mod tests {
             Some("x")
         );
         assert_eq!(loose_job_id(b"{not json"), None);
+    }
+
+    #[test]
+    fn shown_files_hold_no_credentials() {
+        assert_eq!(
+            shown_file("s3://bucket/inv/a.pdf?versionId=3#x"),
+            "s3://bucket/inv/a.pdf"
+        );
+        assert_eq!(
+            shown_file("https://user:pw@files.example.com:8443/a%20b.pdf?X-Amz-Signature=abc#f"),
+            "https://files.example.com:8443/a%20b.pdf"
+        );
+        assert_eq!(
+            shown_file("file:///var/spool/in/a b#1.pdf"),
+            "file:///var/spool/in/a b#1.pdf"
+        );
+        assert_eq!(
+            shown_file("https://u:p?w@[bad/x?sig=1"),
+            "https://u:***@[bad/x"
+        );
+        let long = format!("file:///{}", "é".repeat(3000));
+        let shown = shown_file(&long);
+        assert!(shown.len() <= MAX_SHOWN_FILE && shown.ends_with('…'));
     }
 
     #[test]

@@ -11,28 +11,39 @@ use tracing_subscriber::{EnvFilter, Layer};
 use crate::config::LogFormat;
 
 /// Every metric the worker records, in one place so `/metrics` reads as documented.
+/// [`names::ALL`] holds each with its kind and `# HELP` text; the admin server
+/// describes them all and sets every series to 0 at start.
 pub mod names {
-    /// Jobs ended, by `outcome` (succeeded, failed, retried, handed_back) and `error_kind`.
+    /// 1, labelled with the crate `version`.
+    pub const BUILD_INFO: &str = "cxone_build_info";
+    /// Jobs that reached their end, by `outcome` (succeeded, failed): one per job.
     pub const JOBS: &str = "cxone_jobs_total";
+    /// Jobs dead-lettered, by `error_kind`.
+    pub const JOBS_FAILED: &str = "cxone_jobs_failed_total";
+    /// Deliveries sent to a retry queue (not an end: the job comes back).
+    pub const RETRIES: &str = "cxone_job_retries_total";
+    /// Deliveries handed back to the jobs queue, by `reason` (a pause cause, or `shutdown`).
+    pub const HANDED_BACK: &str = "cxone_jobs_handed_back_total";
+    /// Seconds from delivery to settlement, by `outcome` (succeeded, failed, retried, handed_back).
+    pub const JOB_DURATION: &str = "cxone_job_duration_seconds";
+    /// Jobs being processed now.
+    pub const IN_FLIGHT: &str = "cxone_jobs_in_flight";
+    /// Bytes of file content held by jobs now (bounded by MAX_INFLIGHT_BYTES).
+    pub const IN_FLIGHT_BYTES: &str = "cxone_in_flight_bytes";
+    /// Raw file bytes encoded.
+    pub const BYTES_ENCODED: &str = "cxone_bytes_encoded_total";
     /// Execute calls made, by `answer` (2xx, 401, 403, 429, 4xx, 5xx, transport_error).
     pub const EXECUTE_CALLS: &str = "cxone_execute_calls_total";
     /// Execution attempts counted against `MAX_ATTEMPTS`.
     pub const ATTEMPTS: &str = "cxone_execute_attempts_total";
-    /// Seconds from the first send of an execute call to its success.
-    pub const EXECUTE_LATENCY: &str = "cxone_execute_latency_seconds";
-    /// Jobs being processed now.
-    pub const IN_FLIGHT: &str = "cxone_jobs_in_flight";
-    /// Bytes of file content held by jobs now (bounded by MAX_INFLIGHT_BYTES).
-    pub const IN_FLIGHT_BYTES: &str = "cxone_inflight_bytes";
-    /// Raw file bytes encoded.
-    pub const BYTES_ENCODED: &str = "cxone_bytes_encoded_total";
-    /// Requests to the token endpoint, and tokens obtained.
-    pub const TOKEN_REQUESTS: &str = "cxone_token_requests_total";
-    pub const TOKEN_REFRESHES: &str = "cxone_token_refreshes_total";
-    /// 429 answers (each pauses every call of the process).
+    /// Seconds from the first send of an execute call to its success, 429 waits included.
+    pub const EXECUTE_DURATION: &str = "cxone_execute_duration_seconds";
+    /// Chunks of large files executed.
+    pub const CHUNKS: &str = "cxone_chunks_executed_total";
+    /// Waits the API asked for, by `source` (429, inin_ratelimit, fleet: another replica's).
     pub const RATE_LIMITED: &str = "cxone_rate_limited_total";
-    /// Jobs sent to a retry queue.
-    pub const RETRIES: &str = "cxone_retries_total";
+    /// Requests to the token endpoint, by `result` (ok, refused, failed).
+    pub const TOKEN_REQUESTS: &str = "cxone_token_requests_total";
     /// 1 while the worker is paused, by `reason`.
     pub const PAUSED: &str = "cxone_paused";
     /// 1 while connected to the broker and consuming.
@@ -41,10 +52,152 @@ pub mod names {
     pub const BROKER_SESSIONS: &str = "cxone_broker_sessions_total";
     /// Publishes that were nacked, returned or timed out.
     pub const PUBLISH_FAILURES: &str = "cxone_publish_failures_total";
-    /// Jobs handed back as fresh copies to spare their delivery limit.
+    /// Jobs handed back as fresh copies to spare their delivery limit or keep their progress.
     pub const REFRESHED: &str = "cxone_handed_back_fresh_total";
-    /// Storage record writes, by `result`.
+    /// Storage record writes, by `result` (ok, error).
     pub const STORAGE_WRITES: &str = "cxone_storage_writes_total";
+    /// Worker state headers ignored because this worker did not write them for that body.
+    pub const UNTRUSTED_STATE: &str = "cxone_untrusted_state_total";
+    /// Messages ready in each queue of the topology, by `queue` (jobs, dlq, results, audit, retry).
+    pub const QUEUE_MESSAGES: &str = "cxone_queue_messages_ready";
+    /// Consumers of each queue of the topology, by `queue`.
+    pub const QUEUE_CONSUMERS: &str = "cxone_queue_consumers";
+    /// Replicas sharing the fleet-wide limits (this one included).
+    pub const FLEET_MEMBERS: &str = "cxone_fleet_members";
+    /// This replica's share of `RATE_LIMIT_PER_MINUTE`, calls per minute.
+    pub const FLEET_RATE_SHARE: &str = "cxone_fleet_rate_share_per_minute";
+    /// This replica's share of `MAX_CONCURRENT_CALLS` (0 = no limit).
+    pub const FLEET_CONCURRENCY_SHARE: &str = "cxone_fleet_concurrency_share";
+    /// API calls in flight now.
+    pub const CALLS_IN_FLIGHT: &str = "cxone_execute_calls_in_flight";
+
+    /// What kind of series a metric is.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Kind {
+        Counter,
+        Gauge,
+        Histogram,
+    }
+
+    /// Every metric: name, kind and `# HELP` text.
+    pub const ALL: &[(&str, Kind, &str)] = &[
+        (
+            BUILD_INFO,
+            Kind::Gauge,
+            "Build of the running worker; always 1.",
+        ),
+        (
+            JOBS,
+            Kind::Counter,
+            "Jobs that reached their end, by outcome.",
+        ),
+        (
+            JOBS_FAILED,
+            Kind::Counter,
+            "Jobs dead-lettered, by error kind.",
+        ),
+        (RETRIES, Kind::Counter, "Deliveries sent to a retry queue."),
+        (
+            HANDED_BACK,
+            Kind::Counter,
+            "Deliveries handed back to the jobs queue, by reason.",
+        ),
+        (
+            JOB_DURATION,
+            Kind::Histogram,
+            "Seconds from delivery to settlement, by outcome.",
+        ),
+        (IN_FLIGHT, Kind::Gauge, "Jobs being processed now."),
+        (
+            IN_FLIGHT_BYTES,
+            Kind::Gauge,
+            "Bytes of file content held by jobs now.",
+        ),
+        (BYTES_ENCODED, Kind::Counter, "Raw file bytes encoded."),
+        (
+            EXECUTE_CALLS,
+            Kind::Counter,
+            "Execute calls made, by answer.",
+        ),
+        (
+            ATTEMPTS,
+            Kind::Counter,
+            "Execution attempts counted against MAX_ATTEMPTS.",
+        ),
+        (
+            EXECUTE_DURATION,
+            Kind::Histogram,
+            "Seconds from the first send of an execute call to its success.",
+        ),
+        (CHUNKS, Kind::Counter, "Chunks of large files executed."),
+        (
+            RATE_LIMITED,
+            Kind::Counter,
+            "Waits the API asked for, by source.",
+        ),
+        (
+            TOKEN_REQUESTS,
+            Kind::Counter,
+            "Requests to the token endpoint, by result.",
+        ),
+        (
+            PAUSED,
+            Kind::Gauge,
+            "1 while the worker is paused, by reason.",
+        ),
+        (
+            CONSUMING,
+            Kind::Gauge,
+            "1 while connected to the broker and consuming.",
+        ),
+        (BROKER_SESSIONS, Kind::Counter, "Broker sessions started."),
+        (
+            PUBLISH_FAILURES,
+            Kind::Counter,
+            "Publishes nacked, returned or timed out.",
+        ),
+        (
+            REFRESHED,
+            Kind::Counter,
+            "Jobs handed back as fresh copies.",
+        ),
+        (
+            STORAGE_WRITES,
+            Kind::Counter,
+            "Storage record writes, by result.",
+        ),
+        (
+            UNTRUSTED_STATE,
+            Kind::Counter,
+            "Worker state headers ignored as not written by this worker for that body.",
+        ),
+        (
+            QUEUE_MESSAGES,
+            Kind::Gauge,
+            "Messages ready in each queue of the topology.",
+        ),
+        (
+            QUEUE_CONSUMERS,
+            Kind::Gauge,
+            "Consumers of each queue of the topology.",
+        ),
+        (
+            FLEET_MEMBERS,
+            Kind::Gauge,
+            "Replicas sharing the fleet-wide limits.",
+        ),
+        (
+            FLEET_RATE_SHARE,
+            Kind::Gauge,
+            "This replica's share of RATE_LIMIT_PER_MINUTE.",
+        ),
+        (
+            FLEET_CONCURRENCY_SHARE,
+            Kind::Gauge,
+            "This replica's share of MAX_CONCURRENT_CALLS.",
+        ),
+        (CALLS_IN_FLIGHT, Kind::Gauge, "API calls in flight now."),
+    ];
 }
 
 /// Flushes traces when dropped; hold it until the program ends.

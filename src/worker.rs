@@ -340,22 +340,24 @@ impl Worker {
     }
 
     fn count(&self, report: &Report) {
-        let (outcome, kind) = match &report.outcome {
+        match &report.outcome {
             Outcome::Succeeded => {
                 self.tally.succeeded.fetch_add(1, Ordering::Relaxed);
                 self.tally
                     .latency_ms
                     .fetch_add(report.latency.as_millis() as u64, Ordering::Relaxed);
-                ("succeeded", "")
+                metrics::counter!(names::JOBS, "outcome" => "succeeded").increment(1);
             }
             Outcome::Failed { kind, .. } => {
                 self.tally.failed.fetch_add(1, Ordering::Relaxed);
-                ("failed", kind.as_str())
+                metrics::counter!(names::JOBS, "outcome" => "failed").increment(1);
+                metrics::counter!(names::JOBS_FAILED, "error_kind" => kind.as_str()).increment(1);
             }
-            Outcome::Retry { .. } => ("retried", ""),
-            Outcome::HandBack { cause, .. } => ("handed_back", cause.as_str()),
-        };
-        metrics::counter!(names::JOBS, "outcome" => outcome, "error_kind" => kind).increment(1);
+            Outcome::Retry { .. } => metrics::counter!(names::RETRIES).increment(1),
+            Outcome::HandBack { cause, .. } => {
+                metrics::counter!(names::HANDED_BACK, "reason" => cause.as_str()).increment(1)
+            }
+        }
     }
 }
 

@@ -519,9 +519,6 @@ async fn process_delivery(
         &incoming.body,
         &properties,
     ));
-    if let Outcome::Retry { .. } = report.outcome {
-        metrics::counter!(names::RETRIES).increment(1);
-    }
     match publisher.publish_all(messages).await {
         Ok(()) => TaskEnd::Ack,
         Err(e) => {

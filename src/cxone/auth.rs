@@ -251,7 +251,20 @@ impl TokenCache {
     }
 
     async fn fetch_once(&self, generation: u64) -> Result<Arc<Token>, Failure> {
-        metrics::counter!(names::TOKEN_REQUESTS).increment(1);
+        let outcome = self.request_token(generation).await;
+        let result = match &outcome {
+            Ok(_) => "ok",
+            Err(Failure::Systemic {
+                cause: Systemic::CredentialsRefused,
+                ..
+            }) => "refused",
+            Err(_) => "failed",
+        };
+        metrics::counter!(names::TOKEN_REQUESTS, "result" => result).increment(1);
+        outcome
+    }
+
+    async fn request_token(&self, generation: u64) -> Result<Arc<Token>, Failure> {
         let response = self
             .http
             .post(self.url.clone())
@@ -289,7 +302,6 @@ impl TokenCache {
             .expires_in
             .map_or(DEFAULT_LIFETIME, Duration::from_secs)
             .min(MAX_LIFETIME);
-        metrics::counter!(names::TOKEN_REFRESHES).increment(1);
         tracing::info!(expires_in = lifetime.as_secs(), "obtained an API token");
         let now = Instant::now();
         Ok(Arc::new(Token {

@@ -115,7 +115,7 @@ impl Client {
             match answer {
                 Answer::Success { execution_id } => {
                     let latency = started.elapsed();
-                    metrics::histogram!(names::EXECUTE_LATENCY).record(latency.as_secs_f64());
+                    metrics::histogram!(names::EXECUTE_DURATION).record(latency.as_secs_f64());
                     return Ok(Executed {
                         execution_id,
                         latency,

@@ -1,0 +1,180 @@
+//! What a file reference may point at: the size and type limits, `FILE_ROOTS`, the
+//! http(s) and object-store allowlists.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{
+    ConfigError, DEFAULT_MIME_TYPES, MAX_PAYLOAD_CEILING, bad, choice, duration, number_in,
+    or_default, split_list,
+};
+
+/// How big a file may be and which types it may have.
+#[derive(Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Largest file accepted, in bytes, before encoding.
+    #[arg(long, env = "MAX_PAYLOAD_BYTES", default_value = "10485760")]
+    pub max_payload_bytes: String,
+    /// Comma list of accepted content types.
+    #[arg(long, env = "ALLOWED_MIME_TYPES", default_value = DEFAULT_MIME_TYPES)]
+    pub allowed_mime_types: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_payload_bytes: u64,
+    pub allowed_types: Vec<String>,
+}
+
+impl LimitArgs {
+    pub fn settings(&self) -> Result<Limits, ConfigError> {
+        let max_payload_bytes = number_in(
+            "MAX_PAYLOAD_BYTES",
+            &self.max_payload_bytes,
+            "10485760",
+            1,
+            MAX_PAYLOAD_CEILING,
+        )?;
+        let allowed_types: Vec<String> = split_list(
+            or_default(&self.allowed_mime_types, DEFAULT_MIME_TYPES),
+            ',',
+        )
+        .into_iter()
+        .map(|t| t.to_ascii_lowercase())
+        .collect();
+        if let Some(t) = allowed_types.iter().find(|t| !is_mime_type(t)) {
+            return Err(bad(
+                "ALLOWED_MIME_TYPES",
+                format!("{t:?} is not a content type"),
+            ));
+        }
+        Ok(Limits {
+            max_payload_bytes,
+            allowed_types,
+        })
+    }
+}
+
+/// What a file reference may point at, and how big and of which type it may be.
+#[derive(Args, Debug, Clone)]
+pub struct FileArgs {
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Colon list of directories that file:// references may read; none = file:// refused.
+    #[arg(long, env = "FILE_ROOTS", default_value = "")]
+    pub file_roots: String,
+    /// Comma list of hosts that http(s):// references may name; none = refused.
+    #[arg(long, env = "FILE_HTTP_ALLOWED_HOSTS", default_value = "")]
+    pub file_http_allowed_hosts: String,
+    /// Also accept plain http:// references (to the allowed hosts).
+    #[arg(long, env = "FILE_HTTP_ALLOW_PLAIN", default_value = "false")]
+    pub file_http_allow_plain: String,
+    /// Comma list of buckets/containers that s3://, az:// and gs:// references may name; none = any.
+    #[arg(long, env = "FILE_BUCKETS", default_value = "")]
+    pub file_buckets: String,
+    /// PEM file of extra root certificates that https:// sources are trusted with
+    /// (a private CA), on top of the system's.
+    #[arg(long, env = "FILE_HTTP_CA_FILE")]
+    pub file_http_ca_file: Option<PathBuf>,
+    /// Longest wait for an http(s) source to connect, to answer, and between two
+    /// pieces of its body; the whole body may take ten times this (or its size at
+    /// 32 KiB/s, if longer).
+    #[arg(long, env = "FILE_HTTP_TIMEOUT", default_value = "30s")]
+    pub file_http_timeout: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileSettings {
+    pub max_payload_bytes: u64,
+    pub allowed_types: Vec<String>,
+    /// Canonical paths (symbolic links resolved), so that containment checks compare
+    /// like with like.
+    pub roots: Vec<PathBuf>,
+    pub http_allowed_hosts: Vec<String>,
+    pub http_allow_plain: bool,
+    pub buckets: Vec<String>,
+    /// The PEM text of `FILE_HTTP_CA_FILE`, checked to hold at least one certificate.
+    pub http_ca_pem: Option<Vec<u8>>,
+    pub http_timeout: Duration,
+}
+
+impl FileArgs {
+    pub fn settings(&self) -> Result<FileSettings, ConfigError> {
+        let Limits {
+            max_payload_bytes,
+            allowed_types,
+        } = self.limits.settings()?;
+        let roots = split_list(&self.file_roots, ':')
+            .iter()
+            .map(|r| canonical_root(Path::new(r)))
+            .collect::<Result<_, _>>()?;
+        let http_allowed_hosts = split_list(&self.file_http_allowed_hosts, ',')
+            .into_iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        let http_allow_plain = choice(
+            "FILE_HTTP_ALLOW_PLAIN",
+            &self.file_http_allow_plain,
+            "false",
+            &[("false", false), ("true", true), ("0", false), ("1", true)],
+        )?;
+        Ok(FileSettings {
+            max_payload_bytes,
+            allowed_types,
+            roots,
+            http_allowed_hosts,
+            http_allow_plain,
+            buckets: split_list(&self.file_buckets, ','),
+            http_ca_pem: self
+                .file_http_ca_file
+                .as_deref()
+                .map(|p| read_ca_file("FILE_HTTP_CA_FILE", p))
+                .transpose()?,
+            http_timeout: duration("FILE_HTTP_TIMEOUT", &self.file_http_timeout, "30s")?,
+        })
+    }
+}
+
+/// Reads a PEM bundle and checks that it holds certificates, so that a wrong file
+/// stops the worker at start rather than failing every https:// job.
+pub(super) fn read_ca_file(var: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let pem = std::fs::read(path).map_err(|e| bad(var, format!("cannot read {path:?}: {e}")))?;
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(pem),
+        Ok(_) => Err(bad(var, format!("{path:?} holds no PEM certificate"))),
+        Err(e) => Err(bad(
+            var,
+            format!("{path:?} is not a PEM certificate bundle: {e}"),
+        )),
+    }
+}
+
+fn is_mime_type(t: &str) -> bool {
+    let mut parts = t.split('/');
+    let ok = |p: Option<&str>| {
+        p.is_some_and(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c))
+        })
+    };
+    ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+}
+
+fn canonical_root(root: &Path) -> Result<PathBuf, ConfigError> {
+    if !root.is_absolute() {
+        return Err(bad(
+            "FILE_ROOTS",
+            format!("{:?} is not an absolute path", root),
+        ));
+    }
+    let canonical = root
+        .canonicalize()
+        .map_err(|e| bad("FILE_ROOTS", format!("{:?}: {e}", root)))?;
+    if !canonical.is_dir() {
+        return Err(bad("FILE_ROOTS", format!("{:?} is not a directory", root)));
+    }
+    Ok(canonical)
+}
