@@ -16,12 +16,37 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use crate::job::Systemic;
 use crate::telemetry::names;
 
+/// Why the worker takes no jobs although it is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Paused {
+    /// It has no API token yet (contract "Start-up").
+    Starting,
+    /// Something that is not the jobs' fault.
+    Because(Systemic),
+}
+
+impl Paused {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Paused::Starting => "starting",
+            Paused::Because(cause) => cause.as_str(),
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Paused::Starting => "starting: waiting for the first API token".into(),
+            Paused::Because(cause) => format!("paused: {}", cause.describe()),
+        }
+    }
+}
+
 /// What `/readyz` reports: ready means connected, consuming and not paused.
 #[derive(Default)]
 pub struct Health {
     connected: AtomicBool,
     consuming: AtomicBool,
-    paused: Mutex<Option<Systemic>>,
+    paused: Mutex<Option<Paused>>,
 }
 
 impl Health {
@@ -37,7 +62,7 @@ impl Health {
         metrics::gauge!(names::CONSUMING).set(f64::from(u8::from(consuming)));
     }
 
-    pub fn set_paused(&self, cause: Option<Systemic>) {
+    pub fn set_paused(&self, cause: Option<Paused>) {
         let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(previous) = *paused {
             metrics::gauge!(names::PAUSED, "reason" => previous.as_str()).set(0.0);
@@ -48,23 +73,20 @@ impl Health {
         *paused = cause;
     }
 
-    pub fn paused(&self) -> Option<Systemic> {
+    pub fn paused(&self) -> Option<Paused> {
         *self.paused.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `None` when ready, else why not.
-    pub fn not_ready(&self) -> Option<&'static str> {
+    pub fn not_ready(&self) -> Option<String> {
         if !self.connected.load(Ordering::Relaxed) {
-            return Some("not connected to the broker");
+            return Some("not connected to the broker".into());
         }
         if let Some(cause) = self.paused() {
-            return Some(match cause {
-                Systemic::CredentialsRefused => "paused: the API refuses the client credentials",
-                Systemic::ApiUnreachable => "paused: the API is unreachable",
-            });
+            return Some(cause.describe());
         }
         if !self.consuming.load(Ordering::Relaxed) {
-            return Some("not consuming");
+            return Some("not consuming".into());
         }
         None
     }
@@ -151,11 +173,13 @@ mod tests {
         let h = Health::default();
         assert!(h.not_ready().is_some());
         h.set_connected(true);
-        assert_eq!(h.not_ready(), Some("not consuming"));
+        assert_eq!(h.not_ready().as_deref(), Some("not consuming"));
         h.set_consuming(true);
         assert_eq!(h.not_ready(), None);
-        h.set_paused(Some(Systemic::CredentialsRefused));
+        h.set_paused(Some(Paused::Because(Systemic::CredentialsRefused)));
         assert!(h.not_ready().unwrap().contains("credentials"));
+        h.set_paused(Some(Paused::Starting));
+        assert!(h.not_ready().unwrap().contains("first API token"));
         h.set_paused(None);
         assert_eq!(h.not_ready(), None);
         h.set_connected(false);

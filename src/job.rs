@@ -146,6 +146,16 @@ pub fn loose_job_id(body: &[u8]) -> Option<String> {
         .filter(|id| !id.trim().is_empty() && id.len() <= MAX_JOB_ID_LEN)
 }
 
+/// Reads the `file` of a body that may not be a valid job, as outputs show it.
+pub fn loose_file(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Loose {
+        file: Option<String>,
+    }
+    let file = serde_json::from_slice::<Loose>(body).ok()?.file?;
+    Some(shown_file(&file))
+}
+
 /// The contract's error kinds: why a job failed for good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -207,16 +217,56 @@ impl fmt::Display for ErrorKind {
 pub enum Systemic {
     /// The token endpoint refuses our client credentials.
     CredentialsRefused,
+    /// What answers at the token URL is no token endpoint (404, 405, an answer that
+    /// is not a token): the URL is wrong, not the credentials.
+    TokenEndpointInvalid,
     /// The API cannot be reached (transport errors in a row, or no token to be had).
     ApiUnreachable,
+    /// The storage endpoint refuses the worker (401/403, permission denied, a
+    /// read-only file system, a missing bucket).
+    StorageRefused,
+    /// The storage endpoint is down (connection refused, 5xx, timeouts in a row).
+    StorageUnavailable,
 }
 
 impl Systemic {
+    pub const ALL: [Systemic; 5] = [
+        Systemic::CredentialsRefused,
+        Systemic::TokenEndpointInvalid,
+        Systemic::ApiUnreachable,
+        Systemic::StorageRefused,
+        Systemic::StorageUnavailable,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Systemic::CredentialsRefused => "credentials_refused",
+            Systemic::TokenEndpointInvalid => "token_endpoint_invalid",
             Systemic::ApiUnreachable => "api_unreachable",
+            Systemic::StorageRefused => "storage_refused",
+            Systemic::StorageUnavailable => "storage_unavailable",
         }
+    }
+
+    /// What `/readyz` says while the worker is paused for this.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Systemic::CredentialsRefused => "the API refuses the client credentials",
+            Systemic::TokenEndpointInvalid => {
+                "the token URL answers, but not as a token endpoint: check CXONE_API_URL / CXONE_TOKEN_URL"
+            }
+            Systemic::ApiUnreachable => "the API is unreachable",
+            Systemic::StorageRefused => "the storage endpoint refuses the worker",
+            Systemic::StorageUnavailable => "the storage endpoint is unavailable",
+        }
+    }
+
+    /// Whether the storage, not the API, is what a probe must ask.
+    pub fn is_storage(self) -> bool {
+        matches!(
+            self,
+            Systemic::StorageRefused | Systemic::StorageUnavailable
+        )
     }
 }
 

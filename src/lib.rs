@@ -11,6 +11,7 @@
 //! | [`encode`] | sniff, validate, base64: bytes in, request body out |
 //! | [`cxone`] | the API: shared token, pacing, execute and the meaning of each answer |
 //! | [`budget`] | the byte budget: how much file content jobs hold at once |
+//! | [`state`] | what a job carries between deliveries, trusted only when signed for it |
 //! | [`storage`] | the external storage record of a succeeded job |
 //! | [`outcome`] | what a job became: results and audit events |
 //! | [`worker`] | one job from delivery to outcome, knowing nothing of AMQP |
@@ -36,6 +37,7 @@ pub mod outcome;
 pub mod shutdown;
 pub mod sim;
 pub mod source;
+pub mod state;
 pub mod storage;
 pub mod telemetry;
 pub mod worker;

@@ -79,7 +79,16 @@ fn main() -> anyhow::Result<()> {
             let _telemetry = runtime.block_on(async { telemetry::init(format, "cxone-worker") });
             // On a worker thread, not this one: the consumer loop and the job tasks it
             // spawns then share threads instead of waking each other across them.
-            runtime.block_on(async { tokio::spawn(run::run(settings)).await? })
+            let ended = runtime.block_on(async { tokio::spawn(run::run(settings)).await });
+            match ended {
+                Ok(Ok(())) => Ok(()),
+                // Start-up failures and errors no reconnection cures: one line, exit 2.
+                Ok(Err(e)) => {
+                    eprintln!("cxone-worker: {e:#}");
+                    std::process::exit(2);
+                }
+                Err(e) => Err(e.into()),
+            }
         }
         Command::Encode(args) => {
             if let Err(e) = args.limits.settings() {

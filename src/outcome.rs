@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::job::{ErrorKind, Systemic};
+use crate::state::JobState;
 
 /// The stages a job passes, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -58,20 +59,20 @@ pub struct Report {
     pub job_id: String,
     /// The `Idempotency-Key`; also the `request_id` of audit events and records.
     pub key: String,
+    /// The job's file reference as outputs show it (no credentials), once known.
+    pub file: Option<String>,
     pub data_action_id: Option<String>,
     pub content_type: Option<String>,
     pub original_size: Option<u64>,
     pub encoded_size: Option<u64>,
     pub sha256: Option<String>,
-    /// The execution succeeded, in this delivery or an earlier one.
-    pub executed: bool,
-    /// Its id, when the API answered one.
-    pub execution_id: Option<String>,
+    /// The job's state: what earlier deliveries left, and this one's progress once
+    /// it ends. Copies of the job carry it on.
+    pub state: JobState,
+    /// The chunks the state held when the delivery began, and whether the action
+    /// had run: a hand-back after more progress than that must keep it.
+    pub progress_at_start: (usize, bool),
     pub storage_uri: Option<String>,
-    /// Execution attempts, all deliveries and retries counted.
-    pub attempts: u32,
-    /// Storage writes that failed after the execution succeeded.
-    pub sync_failures: u32,
     pub stages: Vec<(Stage, OffsetDateTime)>,
     pub latency: Duration,
     pub outcome: Outcome,
@@ -87,24 +88,29 @@ pub fn now() -> OffsetDateTime {
 }
 
 impl Report {
-    pub fn new(job_id: String, key: String, attempts: u32) -> Self {
+    pub fn new(job_id: String, key: String, state: JobState) -> Self {
         Self {
             job_id,
             key,
+            file: None,
             data_action_id: None,
             content_type: None,
             original_size: None,
             encoded_size: None,
             sha256: None,
-            executed: false,
-            execution_id: None,
+            progress_at_start: (state.chunks.len(), state.executed),
+            state,
             storage_uri: None,
-            attempts,
-            sync_failures: 0,
             stages: Vec::with_capacity(4),
             latency: Duration::ZERO,
             outcome: Outcome::Succeeded,
         }
+    }
+
+    /// This delivery moved the job on (the action ran, or chunks went out) and a
+    /// copy must say so, or the next delivery would send them again.
+    pub fn progressed(&self) -> bool {
+        (self.state.chunks.len(), self.state.executed) != self.progress_at_start
     }
 
     pub fn reach(&mut self, stage: Stage) {
@@ -116,37 +122,32 @@ impl Report {
     }
 
     /// The result message, or `None` for an outcome that is not the job's end.
-    pub fn result(&self) -> Option<(&'static str, Value)> {
-        use crate::broker::topology::routing;
+    pub fn result(&self) -> Option<Value> {
         match &self.outcome {
-            Outcome::Succeeded => Some((
-                routing::SUCCEEDED,
-                json!({
+            Outcome::Succeeded => Some(json!({
                     "job_id": self.job_id,
                     "status": "succeeded",
                     "data_action_id": self.data_action_id,
-                    "execution_id": self.execution_id,
+                    "execution_id": self.state.execution_id,
                     "content_type": self.content_type,
                     "original_size": self.original_size,
                     "encoded_size": self.encoded_size,
                     "sha256": self.sha256,
-                    "attempts": self.attempts,
+                    "attempts": self.state.attempts,
                     "latency_ms": self.latency_ms(),
                     "storage_uri": self.storage_uri,
+                    "file": self.file,
                     "completed_at": rfc3339(now()),
-                }),
-            )),
-            Outcome::Failed { kind, error } => Some((
-                routing::FAILED,
-                json!({
+            })),
+            Outcome::Failed { kind, error } => Some(json!({
                     "job_id": self.job_id,
                     "status": "failed",
                     "error_kind": kind,
                     "error": error,
-                    "attempts": self.attempts,
+                    "attempts": self.state.attempts,
+                    "file": self.file,
                     "failed_at": rfc3339(now()),
-                }),
-            )),
+            })),
             Outcome::Retry { .. } | Outcome::HandBack { .. } => None,
         }
     }
@@ -179,8 +180,9 @@ impl Report {
             original_size: self.original_size,
             encoded_size: self.encoded_size,
             status: event,
-            execution_id: self.execution_id.as_deref(),
-            attempt: self.attempts,
+            execution_id: self.state.execution_id.as_deref(),
+            attempt: self.state.attempts,
+            file: self.file.as_deref(),
             latency_ms: self.latency_ms(),
             error_kind,
             error,
@@ -208,6 +210,7 @@ pub struct AuditEvent<'a> {
     pub status: &'static str,
     pub execution_id: Option<&'a str>,
     pub attempt: u32,
+    pub file: Option<&'a str>,
     pub latency_ms: u64,
     pub error_kind: Option<&'static str>,
     pub error: Option<&'a str>,
@@ -219,7 +222,13 @@ mod tests {
     use super::*;
 
     fn report(outcome: Outcome) -> Report {
-        let mut r = Report::new("job-1".into(), "job-1".into(), 2);
+        let state = JobState {
+            attempts: 2,
+            step_attempts: 2,
+            ..JobState::default()
+        };
+        let mut r = Report::new("job-1".into(), "job-1".into(), state);
+        r.file = Some("file:///in/a.pdf".into());
         r.data_action_id = Some("act".into());
         r.reach(Stage::Received);
         r.reach(Stage::Encoded);
@@ -229,8 +238,9 @@ mod tests {
 
     #[test]
     fn succeeded_result_has_every_field() {
-        let (key, v) = report(Outcome::Succeeded).result().unwrap();
-        assert_eq!(key, "job.succeeded");
+        let v = report(Outcome::Succeeded).result().unwrap();
+        assert_eq!(v["status"], "succeeded");
+        assert_eq!(v["file"], "file:///in/a.pdf");
         for field in [
             "job_id",
             "status",
@@ -243,6 +253,7 @@ mod tests {
             "attempts",
             "latency_ms",
             "storage_uri",
+            "file",
             "completed_at",
         ] {
             assert!(v.get(field).is_some(), "{field} missing from {v}");
@@ -256,8 +267,8 @@ mod tests {
             kind: ErrorKind::TooLarge,
             error: "big".into(),
         });
-        let (key, v) = r.result().unwrap();
-        assert_eq!(key, "job.failed");
+        let v = r.result().unwrap();
+        assert_eq!(v["file"], "file:///in/a.pdf");
         assert_eq!(v["error_kind"], "too_large");
         for field in [
             "job_id",
@@ -265,6 +276,7 @@ mod tests {
             "error_kind",
             "error",
             "attempts",
+            "file",
             "failed_at",
         ] {
             assert!(v.get(field).is_some(), "{field} missing from {v}");
@@ -313,6 +325,7 @@ mod tests {
             "status",
             "execution_id",
             "attempt",
+            "file",
             "latency_ms",
             "error_kind",
             "error",

@@ -29,6 +29,24 @@ pub struct StorageError {
     message: String,
 }
 
+/// The decision a storage error drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageErrorKind {
+    /// The endpoint refuses the worker: a pause.
+    Refused,
+    /// The endpoint is down: a pause.
+    Unavailable,
+    /// Anything else: the job's record is written again later.
+    Failed,
+}
+
+impl StorageError {
+    /// Interim: every failure is a retry until errors are sorted by their source.
+    pub fn kind(&self) -> StorageErrorKind {
+        StorageErrorKind::Failed
+    }
+}
+
 enum Target {
     Objects {
         store: Arc<dyn ObjectStore>,
@@ -150,6 +168,12 @@ impl Storage {
 
     pub fn payload(&self) -> StoragePayload {
         self.payload
+    }
+
+    /// Whether storage takes a write now: the probe of a storage pause.
+    pub async fn probe(&self) -> Result<(), StorageError> {
+        self.put(".cxone-worker-probe", vec![Bytes::from_static(b"{}")])
+            .await
     }
 
     /// Where the record of `job_id` lands.

@@ -6,10 +6,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use serde::{Deserialize, Serialize};
@@ -33,35 +30,16 @@ pub struct WorkerReport {
     pub paused: Option<String>,
 }
 
-/// The worker side: an exclusive queue bound to `P.control`, consumed without acks.
+/// The worker side: its own queue on `P.control`, consumed without acks.
 pub async fn listen(
     connection: &Connection,
     topology: &Topology,
 ) -> lapin::Result<lapin::Consumer> {
     let channel = connection.create_channel().await?;
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            topology.control().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let queue = topology.declare_control_queue(&channel).await?;
     channel
         .basic_consume(
-            queue.name().clone(),
+            queue,
             "".into(),
             BasicConsumeOptions {
                 no_ack: true,
@@ -70,6 +48,24 @@ pub async fn listen(
             FieldTable::default(),
         )
         .await
+}
+
+/// What this worker says of itself to a ping: answered whether it consumes or is
+/// paused, so that `status` shows paused workers with their reason.
+pub(super) fn report(
+    c: &super::consumer::Consumer,
+    unacked: usize,
+    consuming: bool,
+    paused: Option<crate::admin::Paused>,
+) -> WorkerReport {
+    WorkerReport {
+        worker: c.name.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        unacked: unacked as u64,
+        prefetch: c.prefetch,
+        consuming,
+        paused: paused.map(|p| p.as_str().to_owned()),
+    }
 }
 
 /// Answers a ping on `channel` (any open channel of the worker's connection).

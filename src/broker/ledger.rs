@@ -15,12 +15,15 @@ use std::collections::HashMap;
 use std::pin::Pin;
 
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
-use lapin::types::{AMQPValue, DeliveryTag};
+use lapin::types::DeliveryTag;
 use lapin::{Acker, BasicProperties, Channel};
 use tokio::task::Id;
 
+use super::incoming::read_state;
+use super::outputs::{Original, fresh_copy};
 use super::publisher::{Outgoing, Publisher};
-use super::topology::{JOBS_DELIVERY_LIMIT, header_int, headers, headers_without};
+use super::topology::{JOBS_DELIVERY_LIMIT, Topology, header_int, headers};
+use crate::state::StateKey;
 use crate::telemetry::{chain, names};
 
 /// Deliveries counted this many times by the broker are handed back as fresh copies.
@@ -47,20 +50,16 @@ impl Copy {
         })
     }
 
-    /// The fresh message: same body and properties, the broker's count dropped and
-    /// added to the returns it carries, so operators still see them.
-    fn fresh(self, jobs: &str) -> Outgoing {
-        let old = self.properties.headers().clone().unwrap_or_default();
-        let count = |key| header_int(&old, key).unwrap_or(0);
-        let returns = count(headers::RETURNS).saturating_add(count(headers::DELIVERY_COUNT));
-        let mut h = headers_without(&old, |k| k == headers::DELIVERY_COUNT);
-        h.insert(headers::RETURNS.into(), AMQPValue::LongLongInt(returns));
-        Outgoing {
-            exchange: String::new(),
-            routing_key: jobs.to_owned(),
-            body: self.body,
-            properties: self.properties.with_headers(h),
-        }
+    /// The fresh message: same body and properties, the state it carried (when it
+    /// was ours) re-signed with the broker's count added to its returns.
+    fn fresh(self, topology: &Topology, key: &StateKey) -> Outgoing {
+        let message_id = self.properties.message_id().as_ref().map(|m| m.as_str());
+        let state = read_state(key, &self.properties, &self.body, message_id);
+        let original = Original {
+            body: &self.body,
+            properties: &self.properties,
+        };
+        fresh_copy(topology, key, &original, &state)
     }
 }
 
@@ -74,19 +73,22 @@ struct Held {
 }
 
 pub(crate) struct Ledger {
+    /// The deliveries held, by the task processing each.
     held: HashMap<Id, Held>,
     /// The channel the deliveries came on.
     channel: Channel,
-    /// The jobs queue, where fresh copies go.
-    jobs: String,
+    /// Where fresh copies go, and the key that signs their state.
+    topology: Topology,
+    key: StateKey,
 }
 
 impl Ledger {
-    pub(crate) fn new(channel: Channel, jobs: String) -> Self {
+    pub(crate) fn new(channel: Channel, topology: Topology, key: StateKey) -> Self {
         Self {
             held: HashMap::new(),
             channel,
-            jobs,
+            topology,
+            key,
         }
     }
 
@@ -117,20 +119,28 @@ impl Ledger {
         }))
     }
 
-    /// Hands the task's delivery back, not the job's fault: with a publisher (a
-    /// pause), as a fresh copy when its budget runs low; without (a shutdown, which
-    /// must end within its grace period), as a plain requeue.
+    /// Hands the task's delivery back, not the job's fault.
+    /// - `replacement`: the job made progress this delivery does not know of (the
+    ///   action ran, chunks went out): the copy carrying it is published with a
+    ///   confirm, then the original acked, even while draining, or the next delivery
+    ///   would run them again.
+    /// - otherwise, during a pause (`draining` false), a fresh copy when the delivery
+    ///   budget runs low; at shutdown, which must end within its grace period, a
+    ///   plain requeue.
     pub(crate) async fn hand_back(
         &mut self,
         task: Id,
-        fresh: Option<&Publisher>,
+        publisher: &Publisher,
+        draining: bool,
+        replacement: Option<Box<Outgoing>>,
     ) -> Result<(), String> {
-        match (self.held.remove(&task), fresh) {
-            (Some(held), Some(publisher)) => {
-                give_back(&held.acker, held.copy, publisher, &self.jobs).await
-            }
-            (Some(held), None) => nack(&held.acker).await,
-            (None, _) => Ok(()),
+        let Some(held) = self.held.remove(&task) else {
+            return Ok(());
+        };
+        match replacement {
+            Some(copy) => replace(&held.acker, *copy, publisher).await,
+            None if draining => nack(&held.acker).await,
+            None => self.give_back(&held.acker, held.copy, publisher).await,
         }
     }
 
@@ -154,26 +164,32 @@ impl Ledger {
             let _ = nack(&held.acker).await;
         }
     }
+
+    /// Hands a delivery back for a reason that is not the job's: a plain requeue, or,
+    /// with a `copy` (the budget runs low), a confirmed fresh copy and then an ack.
+    /// Should the copy fail, the requeue still happens: nothing is lost either way.
+    pub(crate) async fn give_back(
+        &self,
+        acker: &Acker,
+        copy: Option<Copy>,
+        publisher: &Publisher,
+    ) -> Result<(), String> {
+        match copy {
+            None => nack(acker).await,
+            Some(copy) => replace(acker, copy.fresh(&self.topology, &self.key), publisher).await,
+        }
+    }
 }
 
-/// Hands a delivery back for a reason that is not the job's: a plain requeue, or,
-/// with a `copy` (the budget runs low), a confirmed fresh copy and then an ack.
-/// Should the copy fail, the requeue still happens: nothing is lost either way.
-pub(crate) async fn give_back(
-    acker: &Acker,
-    copy: Option<Copy>,
-    publisher: &Publisher,
-    jobs: &str,
-) -> Result<(), String> {
-    let Some(copy) = copy else {
-        return nack(acker).await;
-    };
+/// Publishes `copy` in place of the delivery, then acks the delivery; a copy that
+/// is not confirmed leaves the delivery requeued instead, so nothing is lost.
+async fn replace(acker: &Acker, copy: Outgoing, publisher: &Publisher) -> Result<(), String> {
     if !acker.usable() {
         // The channel is gone: the broker requeues the original itself, and a copy
         // beside it would be a second job.
         return Err("the delivery's channel closed before it was handed back".into());
     }
-    match publisher.publish_all(vec![copy.fresh(jobs)]).await {
+    match publisher.publish_all(vec![copy]).await {
         Ok(()) => {
             metrics::counter!(names::REFRESHED).increment(1);
             // Should this ack not land (the channel dies right now), the original
@@ -182,7 +198,7 @@ pub(crate) async fn give_back(
             settled(acker.ack(BasicAckOptions::default()).await)
         }
         Err(e) => {
-            tracing::warn!(error = %chain(&e), "a fresh copy of a handed-back job was not confirmed; requeueing it");
+            tracing::warn!(error = %chain(&e), "a fresh copy of a handed-back job was not confirmed; requeueing the original");
             nack(acker).await
         }
     }
@@ -212,17 +228,26 @@ fn settled(result: lapin::Result<bool>) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lapin::types::FieldTable;
+    use crate::broker::topology::text;
+    use crate::config::Secret;
+    use crate::state::JobState;
+    use lapin::types::{AMQPValue, FieldTable};
 
-    fn delivered(count: i64, returns: Option<i64>) -> BasicProperties {
+    fn key() -> StateKey {
+        StateKey::derive(&Secret::new("secret".into()), "p")
+    }
+
+    fn delivered(count: i64, state: Option<&JobState>) -> BasicProperties {
         let mut h = FieldTable::default();
         h.insert(
             headers::DELIVERY_COUNT.into(),
             AMQPValue::LongLongInt(count),
         );
         h.insert("custom".into(), AMQPValue::Boolean(true));
-        if let Some(r) = returns {
-            h.insert(headers::RETURNS.into(), AMQPValue::LongLongInt(r));
+        if let Some(state) = state {
+            let (json, sig) = key().sign(state, b"{job}", Some("m-1"));
+            h.insert(headers::STATE.into(), text(&json));
+            h.insert(headers::STATE_SIGNATURE.into(), text(&sig));
         }
         BasicProperties::default()
             .with_message_id("m-1".into())
@@ -238,9 +263,15 @@ mod tests {
 
     #[test]
     fn a_fresh_copy_keeps_the_job_and_carries_its_returns() {
-        let out = Copy::when_due(b"{job}", &delivered(12, Some(30)))
+        let state = JobState {
+            returns: 30,
+            attempts: 1,
+            step_attempts: 1,
+            ..JobState::default()
+        };
+        let out = Copy::when_due(b"{job}", &delivered(12, Some(&state)))
             .unwrap()
-            .fresh("p.jobs");
+            .fresh(&Topology::names_only("p"), &key());
         assert_eq!(
             (out.exchange.as_str(), out.routing_key.as_str()),
             ("", "p.jobs")
@@ -254,6 +285,7 @@ mod tests {
         let h = out.properties.headers().clone().unwrap();
         assert!(!h.contains_key(headers::DELIVERY_COUNT));
         assert!(h.contains_key("custom"));
-        assert_eq!(header_int(&h, headers::RETURNS), Some(42));
+        let back = read_state(&key(), &out.properties, &out.body, Some("m-1"));
+        assert_eq!((back.returns, back.attempts), (42, 1));
     }
 }

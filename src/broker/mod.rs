@@ -1,12 +1,18 @@
 //! RabbitMQ: the topology ([`topology`]), publishing with confirms ([`publisher`]),
-//! the messages a job's outcome becomes ([`outputs`]), the consumer ([`consumer`]) and
-//! the status pings it answers ([`control`]).
+//! what a delivery says ([`incoming`]) and the messages a job's outcome becomes
+//! ([`outputs`]), the consumer's sessions ([`consumer`], `session`), one delivery's
+//! task (`delivery`), settling deliveries (`ledger`), pauses (`pause`) and the status
+//! pings workers answer ([`control`]).
 
 pub mod consumer;
 pub mod control;
+mod delivery;
+pub mod incoming;
 mod ledger;
 pub mod outputs;
+mod pause;
 pub mod publisher;
+mod session;
 pub mod topology;
 
 /// How long closing a connection may wait for the broker's answer. Past it the

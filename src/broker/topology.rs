@@ -24,18 +24,28 @@ pub const DLQ_DELIVERY_LIMIT: i64 = 1_000_000;
 
 /// Headers the worker reads and writes.
 pub mod headers {
-    /// Execution attempts made so far (on retry copies).
+    /// The job's state on the worker's own copies (JSON of `state::JobState`), and
+    /// its signature: trusted only when the signature checks out for the message.
+    pub const STATE: &str = "x-cxone-state";
+    pub const STATE_SIGNATURE: &str = "x-cxone-state-sig";
+    /// Written by versions before the signed state; never trusted, and dropped from
+    /// every copy the worker makes, so a forged value does not even travel on.
     pub const ATTEMPTS: &str = "x-cxone-attempts";
-    /// The execution id of a job whose execution succeeded but whose storage write
-    /// failed: its retry writes the record and does not execute again.
     pub const EXECUTION_ID: &str = "x-cxone-execution-id";
-    /// Storage writes that failed after a successful execution.
     pub const SYNC_FAILURES: &str = "x-cxone-sync-failures";
-    /// Times the job was replayed from the DLQ.
     pub const REPLAYS: &str = "x-cxone-replays";
-    /// Returns to the jobs queue (pauses, shutdowns) before the job was handed back
-    /// as a fresh copy, which the broker counts from zero again.
     pub const RETURNS: &str = "x-cxone-returns";
+    pub const LEGACY: [&str; 5] = [ATTEMPTS, EXECUTION_ID, SYNC_FAILURES, REPLAYS, RETURNS];
+    /// Every header the worker owns on a job's copies.
+    pub const OWNED: [&str; 7] = [
+        STATE,
+        STATE_SIGNATURE,
+        ATTEMPTS,
+        EXECUTION_ID,
+        SYNC_FAILURES,
+        REPLAYS,
+        RETURNS,
+    ];
     /// On DLQ copies, as the contract names them.
     pub const ERROR_KIND: &str = "x-error-kind";
     pub const ERROR: &str = "x-error";
@@ -68,6 +78,12 @@ pub mod routing {
 
     pub fn audit(event: &str) -> String {
         format!("audit.{event}")
+    }
+
+    /// A dead letter is routed by its error kind (the DLQ is bound with `#`, and an
+    /// operator may bind a queue of their own to one kind).
+    pub fn dead_letter(kind: crate::job::ErrorKind) -> &'static str {
+        kind.as_str()
     }
 }
 
@@ -103,6 +119,22 @@ pub struct BindingSpec {
     pub exchange: String,
     pub queue: String,
     pub key: &'static str,
+}
+
+/// A part of the topology the broker would not declare, and its answer.
+#[derive(Debug, thiserror::Error)]
+#[error("declaring {what}: {source}")]
+pub struct DeclareError {
+    /// `queue cxone.jobs`, `exchange cxone.dlx`…
+    pub what: String,
+    #[source]
+    pub source: lapin::Error,
+}
+
+impl DeclareError {
+    fn of(what: String) -> impl FnOnce(lapin::Error) -> DeclareError {
+        move |source| DeclareError { what, source }
+    }
 }
 
 /// The names of one worker deployment, derived from `CXONE_QUEUE_PREFIX`.
@@ -250,8 +282,9 @@ impl Topology {
         ]
     }
 
-    /// Declares everything; idempotent, so every (re)connection calls it.
-    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+    /// Declares everything; idempotent, so every (re)connection calls it. An error
+    /// names what could not be declared.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), DeclareError> {
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()
@@ -262,20 +295,25 @@ impl Topology {
             } else {
                 ExchangeKind::Topic
             };
+            let what = format!("exchange {}", exchange.name);
             channel
                 .exchange_declare(exchange.name.into(), kind, durable, FieldTable::default())
-                .await?;
+                .await
+                .map_err(DeclareError::of(what))?;
         }
         for queue in self.queues() {
+            let what = format!("queue {}", queue.name);
             channel
                 .queue_declare(
                     queue.name.clone().into(),
                     QueueDeclareOptions::durable(),
                     queue.field_table(),
                 )
-                .await?;
+                .await
+                .map_err(DeclareError::of(what))?;
         }
         for b in self.bindings() {
+            let what = format!("the binding of queue {} to {}", b.queue, b.exchange);
             channel
                 .queue_bind(
                     b.queue.into(),
@@ -284,9 +322,36 @@ impl Topology {
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )
-                .await?;
+                .await
+                .map_err(DeclareError::of(what))?;
         }
         Ok(())
+    }
+
+    /// A worker's own queue on `P.control`: exclusive and auto-deleted, so it lives
+    /// exactly as long as the worker's connection. Returns its server-given name.
+    pub async fn declare_control_queue(&self, channel: &Channel) -> lapin::Result<ShortString> {
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                self.control().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(queue.name().clone())
     }
 
     /// The same topology as a RabbitMQ definitions document (`rabbitmqctl

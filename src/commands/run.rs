@@ -13,6 +13,7 @@ use crate::budget::ByteBudget;
 use crate::config::{AuditLevel, Settings};
 use crate::cxone::Client;
 use crate::source::Sources;
+use crate::state::StateKey;
 use crate::storage::Storage;
 use crate::worker::{Tally, Worker, WorkerConfig};
 
@@ -49,6 +50,7 @@ pub async fn serve(
         .transpose()
         .context("EXTERNAL_STORAGE_ENDPOINT")?;
     let sources = Sources::new(&settings.files)?;
+    let state_key = StateKey::derive(&settings.api.client_secret, &settings.broker.prefix);
     let worker = Arc::new(Worker {
         sources,
         client: Arc::new(client),
@@ -66,6 +68,7 @@ pub async fn serve(
         grace: settings.shutdown_grace,
         audit_all: settings.audit == AuditLevel::All,
         health,
+        state_key,
         name: crate::broker::control::worker_name(),
     });
     tracing::info!(
@@ -76,14 +79,22 @@ pub async fn serve(
         admin = %admin_addr,
         "cxone-worker starting"
     );
-    consumer.run(shutdown.clone()).await;
-    worker.tally.log();
+    let ended = consumer.run(shutdown.clone()).await;
+    worker.tally.log(worker.client.calls_sent());
     shutdown.cancel();
     match admin.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "admin server failed"),
         Err(e) => tracing::warn!(error = %e, "admin server task failed"),
     }
-    tracing::info!("cxone-worker stopped");
-    Ok(())
+    match ended {
+        Ok(()) => {
+            tracing::info!("cxone-worker stopped");
+            Ok(())
+        }
+        Err(fatal) => {
+            tracing::error!(error = %fatal, "cxone-worker stopped: the broker refuses what only an operator can fix");
+            Err(fatal.into())
+        }
+    }
 }

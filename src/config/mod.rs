@@ -25,6 +25,10 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_MIME_TYPES: &str =
     "application/pdf,image/png,image/jpeg,application/octet-stream";
 pub const DEFAULT_MAX_PAYLOAD_BYTES: u64 = 10 * 1024 * 1024;
+/// `MAX_JOB_BYTES`: a job is a few hundred bytes; 1 MiB leaves room for metadata.
+const DEFAULT_MAX_JOB_BYTES: &str = "1048576";
+/// RabbitMQ's own `max_message_size` ceiling (512 MiB) is far beyond any sane job.
+const MAX_JOB_BYTES_CEILING: usize = 128 << 20;
 /// Larger files would make bodies of several GiB: far beyond what the API accepts.
 const MAX_PAYLOAD_CEILING: u64 = 1 << 30;
 /// RabbitMQ's `x-message-ttl` is a 32-bit count of milliseconds; a day is plenty.
@@ -161,6 +165,10 @@ pub struct RunArgs {
     /// Bytes of files held in memory at once; larger files wait (default 4 x MAX_PAYLOAD_BYTES).
     #[arg(long, env = "MAX_INFLIGHT_BYTES")]
     pub max_inflight_bytes: Option<String>,
+    /// Largest job message body accepted, in bytes; a larger one is `invalid_job`
+    /// before it is parsed.
+    #[arg(long, env = "MAX_JOB_BYTES", default_value = DEFAULT_MAX_JOB_BYTES)]
+    pub max_job_bytes: String,
     /// Execution attempts before a retryable failure is dead-lettered.
     #[arg(long, env = "MAX_ATTEMPTS", default_value = "5")]
     pub max_attempts: String,
@@ -190,6 +198,7 @@ pub struct Settings {
     pub files: FileSettings,
     pub concurrency: u16,
     pub max_inflight_bytes: u64,
+    pub max_job_bytes: usize,
     pub max_attempts: u32,
     pub retry_delays: Vec<Duration>,
     pub shutdown_grace: Duration,
@@ -233,6 +242,13 @@ impl RunArgs {
             files,
             concurrency,
             max_inflight_bytes,
+            max_job_bytes: number_in(
+                "MAX_JOB_BYTES",
+                &self.max_job_bytes,
+                DEFAULT_MAX_JOB_BYTES,
+                64,
+                MAX_JOB_BYTES_CEILING,
+            )?,
             max_attempts: number_in("MAX_ATTEMPTS", &self.max_attempts, "5", 1, 1000)?,
             retry_delays,
             shutdown_grace: duration("SHUTDOWN_GRACE", &self.shutdown_grace, "30s")?,

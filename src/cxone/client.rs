@@ -1,6 +1,6 @@
 //! The execute call: token, pacing, `Idempotency-Key`, and what each answer means.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -31,6 +31,8 @@ pub struct Client {
     pacer: Pacer,
     /// Transport failures since the last HTTP answer of any status.
     transport_failures: AtomicU32,
+    /// Execute requests sent: the shutdown summary's "total executions".
+    calls_sent: AtomicU64,
     unreachable_after: u32,
 }
 
@@ -57,6 +59,7 @@ impl Client {
             auth,
             pacer: Pacer::per_minute(settings.rate_limit_per_minute),
             transport_failures: AtomicU32::new(0),
+            calls_sent: AtomicU64::new(0),
             unreachable_after: settings.unreachable_after,
         })
     }
@@ -80,6 +83,7 @@ impl Client {
         loop {
             let token = self.auth.token().await?;
             self.pacer.ready().await;
+            self.calls_sent.fetch_add(1, Ordering::Relaxed);
             let sent = self
                 .http
                 .post(url.clone())
@@ -159,6 +163,11 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Execute requests sent so far, repeats after a 429 or a 401 included.
+    pub fn calls_sent(&self) -> u64 {
+        self.calls_sent.load(Ordering::Relaxed)
     }
 
     /// Asks the token endpoint for a new token: the probe of a paused worker, which

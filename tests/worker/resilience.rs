@@ -7,7 +7,7 @@ use cxone_worker::sim::SimConfig;
 use serde_json::json;
 
 use super::harness::{SECRET, Worker, close_worker_connection, job, pdf};
-use cxone_worker::broker::topology::{JOBS_DELIVERY_LIMIT, header_int, headers};
+use cxone_worker::broker::topology::{JOBS_DELIVERY_LIMIT, header_int, header_text, headers};
 use lapin::options::{BasicGetOptions, BasicNackOptions};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -292,9 +292,13 @@ async fn requeue_times(w: &Worker, n: usize) -> (i64, i64) {
             .headers()
             .clone()
             .unwrap_or_default();
+        let returns = header_text(&h, headers::STATE)
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|state| state["returns"].as_i64())
+            .unwrap_or(0);
         seen = (
             header_int(&h, headers::DELIVERY_COUNT).unwrap_or(0),
-            header_int(&h, headers::RETURNS).unwrap_or(0),
+            returns,
         );
         got.delivery
             .acker
@@ -328,19 +332,19 @@ async fn wait_paused(w: &mut Worker, n: usize) {
 #[tokio::test(flavor = "multi_thread")]
 async fn repeated_pauses_never_spend_the_delivery_limit() {
     // Every requeue counts toward the jobs queue's x-delivery-limit; a job handed
-    // back more often than that for reasons not its own must still not die.
-    let mut w = Worker::new(SimConfig::default(), &[]).await;
-    let good = w.sim_config.clone();
-    w.restart_sim(SimConfig {
-        client_secret: "another-secret".into(),
-        ..good.clone()
-    })
+    // back more often than that for reasons not its own must still not die. A
+    // redirect from the API (the simulator's `status-302`) is not the job's fault:
+    // it pauses the worker and hands the job back.
+    let mut w = Worker::new(
+        SimConfig::default(),
+        &[("CXONE_DATA_ACTION_ID", "status-302")],
+    )
     .await;
-    w.spawn();
-    w.wait_topology().await;
+    w.start().await;
     w.publish(&job("returns-1", &w.file("r.pdf", &pdf(10))))
         .await;
     wait_paused(&mut w, 1).await;
+    w.stop(Duration::from_secs(10));
     let limit = usize::try_from(JOBS_DELIVERY_LIMIT).unwrap();
     let (count, _) = requeue_times(&w, limit - 3).await;
     assert_eq!(
@@ -349,11 +353,11 @@ async fn repeated_pauses_never_spend_the_delivery_limit() {
         "the worker's hand-back and ours count"
     );
 
-    // A restarted worker meets the refusal again and hands the job back: as a
+    // A restarted worker meets the redirect again and hands the job back: as a
     // fresh copy now, its budget being low.
-    w.stop(Duration::from_secs(10));
     w.spawn();
     wait_paused(&mut w, 2).await;
+    w.stop(Duration::from_secs(10));
     let (count, returns) = requeue_times(&w, 5).await;
     assert_eq!(count, 4, "the fresh copy is counted from zero again");
     assert_eq!(
@@ -367,7 +371,9 @@ async fn repeated_pauses_never_spend_the_delivery_limit() {
         "past the limit, nothing dead-lettered"
     );
 
-    w.restart_sim(good).await;
+    w.env
+        .insert("CXONE_DATA_ACTION_ID".into(), "harness-action".into());
+    w.start().await;
     let got = w.results(1, Duration::from_secs(60)).await;
     assert_eq!(got[0].routing_key, "job.succeeded", "{}", got[0].body);
     assert_eq!(w.depth("jobs.dlq").await, 0);

@@ -1,0 +1,333 @@
+//! One job from delivery to outcome: parse -> source -> encode -> execute -> sync.
+//!
+//! Nothing here knows AMQP: a delivery comes in as [`Incoming`], and a [`Report`]
+//! goes out, saying what the job became and the state its copies carry on. The
+//! broker glue turns that into publishes and an ack; tests call
+//! [`Worker::process`] directly.
+//!
+//! | file | job |
+//! |---|---|
+//! | `mod.rs` | the steps of one delivery |
+//! | `settle.rs` | where a delivery stopped -> the job's counts and outcome; the summary |
+
+mod settle;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::admin::Paused;
+use crate::budget::ByteBudget;
+use crate::config::StoragePayload;
+use crate::cxone::Client;
+use crate::encode::{self, Encoded};
+use crate::job::{self, ErrorKind, Failure, Job, Systemic};
+use crate::outcome::{Outcome, Report, Stage};
+use crate::source::Sources;
+use crate::state::JobState;
+use crate::storage::{Record, Storage, StorageError, StorageErrorKind};
+use crate::telemetry::names;
+
+pub use settle::{Step, Tally, WorkerConfig};
+
+/// Bodies above this are encoded on the blocking pool: a 10 MiB file takes ~10 ms
+/// of CPU, too long to hold an async worker thread.
+const INLINE_ENCODE_MAX: usize = 256 * 1024;
+
+/// A delivery, as the job logic needs it.
+#[derive(Debug, Clone, Default)]
+pub struct Incoming {
+    pub body: Vec<u8>,
+    pub message_id: Option<String>,
+    /// What earlier deliveries left: trusted state only (see `state`), else the
+    /// default of a new job.
+    pub state: JobState,
+}
+
+/// Told about each stage a job reaches (for `AUDIT_EVENTS=all`).
+pub trait StageSink: Send + Sync {
+    fn reached(&self, report: &Report, stage: Stage);
+}
+
+/// A sink that ignores stages.
+pub struct NoStages;
+
+impl StageSink for NoStages {
+    fn reached(&self, _: &Report, _: Stage) {}
+}
+
+/// Everything one job needs; shared by every job task of the process.
+pub struct Worker {
+    /// Reads the file a job names, within `FILE_ROOTS` and the allowlists.
+    pub sources: Sources,
+    /// The API: one token, the shared pacing and limits.
+    pub client: Arc<Client>,
+    /// Where records of succeeded jobs go; `None` without `EXTERNAL_STORAGE_ENDPOINT`.
+    pub storage: Option<Storage>,
+    /// File bytes all jobs hold at once.
+    pub budget: ByteBudget,
+    pub config: WorkerConfig,
+    /// The shutdown summary's figures.
+    pub tally: Tally,
+}
+
+/// A step's failure, and where it happened.
+type Stopped = (Step, Failure);
+
+fn at(step: Step) -> impl FnOnce(Failure) -> Stopped {
+    move |failure| (step, failure)
+}
+
+impl Worker {
+    /// Processes one delivery of a job and says what it became. Never panics on bad
+    /// input: every refusal is an outcome.
+    pub async fn process(&self, incoming: &Incoming, sink: &dyn StageSink) -> Report {
+        let started = Instant::now();
+        // A body over the limit is not even parsed for its id: parsing is what costs.
+        let small = incoming.body.len() <= self.config.max_job_bytes;
+        let loose_id = small.then(|| job::loose_job_id(&incoming.body)).flatten();
+        let key = job::idempotency_key(
+            loose_id.as_deref(),
+            incoming.message_id.as_deref(),
+            &incoming.body,
+        );
+        let job_id = loose_id.unwrap_or_else(|| key.clone());
+        let mut report = Report::new(job_id, key, incoming.state.clone());
+        report.reach(Stage::Received);
+        sink.reached(&report, Stage::Received);
+
+        let span =
+            tracing::info_span!("job", job_id = %report.job_id, file = tracing::field::Empty);
+        let ran = self
+            .run(incoming, &mut report, sink)
+            .instrument(span.clone())
+            .await;
+        if report.file.is_none() && small {
+            report.file = job::loose_file(&incoming.body);
+        }
+        report.latency = started.elapsed();
+        report.outcome = match ran {
+            Ok(()) => Outcome::Succeeded,
+            Err((step, failure)) => self.config.settle(&mut report, step, failure),
+        };
+        self.count(&report);
+        span.in_scope(|| log(&report));
+        report
+    }
+
+    /// Whether the cause of a pause has cleared: the storage endpoint for a storage
+    /// pause, else the token endpoint (which tells both whether the API answers and
+    /// whether it takes the credentials).
+    pub async fn probe(&self, cause: Paused) -> Result<(), Failure> {
+        match (cause, &self.storage) {
+            (Paused::Because(c), Some(storage)) if c.is_storage() => {
+                storage.probe().await.map_err(storage_failure)
+            }
+            _ => self.client.probe().await,
+        }
+    }
+
+    async fn run(
+        &self,
+        incoming: &Incoming,
+        report: &mut Report,
+        sink: &dyn StageSink,
+    ) -> Result<(), Stopped> {
+        let (job, action) = self.parse(incoming, report).map_err(at(Step::Prepare))?;
+        let executed = report.state.executed;
+        let fetched = self
+            .sources
+            .fetch(&job.file, &self.budget)
+            .await
+            .map_err(|f| {
+                if executed {
+                    // Only the record is left to write, and it needs the file again:
+                    // say that the action did run, or `file_not_found` would mislead.
+                    f.context("the action already ran; writing its record needs the file: ")
+                } else {
+                    f
+                }
+            })
+            .map_err(at(Step::Prepare))?;
+        let _reservation = fetched.reservation;
+        let bytes = fetched.bytes;
+        report.original_size = Some(bytes.len() as u64);
+        let encoded = self.encode(&bytes, &job).await.map_err(at(Step::Prepare))?;
+        metrics::counter!(names::BYTES_ENCODED).increment(bytes.len() as u64);
+        report.content_type = Some(encoded.content_type.clone());
+        report.encoded_size = Some(encoded.encoded_size());
+        report.sha256 = Some(encoded.sha256.clone());
+        report.reach(Stage::Encoded);
+        sink.reached(report, Stage::Encoded);
+        let raw = self
+            .storage
+            .as_ref()
+            .filter(|s| s.payload() == StoragePayload::Raw)
+            .map(|_| bytes.clone());
+        drop(bytes);
+
+        if !report.state.executed {
+            metrics::counter!(names::ATTEMPTS).increment(1);
+            let executed = self
+                .client
+                .execute(&action, &report.key, encoded.body.clone())
+                .await
+                .map_err(at(Step::Execute))?;
+            report.state.step_done(executed.execution_id, None);
+            report.reach(Stage::Executed);
+            sink.reached(report, Stage::Executed);
+        }
+        self.store(report, &job, &action, &encoded, raw).await?;
+        if self.storage.is_some() {
+            sink.reached(report, Stage::Synced);
+        }
+        Ok(())
+    }
+
+    /// The job and the data action it runs.
+    fn parse(&self, incoming: &Incoming, report: &mut Report) -> Result<(Job, String), Failure> {
+        let (size, max) = (incoming.body.len(), self.config.max_job_bytes);
+        if size > max {
+            return Err(Failure::permanent(
+                ErrorKind::InvalidJob,
+                format!("the job message has {size} bytes, more than MAX_JOB_BYTES ({max})"),
+            ));
+        }
+        let job = Job::parse(&incoming.body)?;
+        let shown = job::shown_file(&job.file);
+        tracing::Span::current().record("file", shown.as_str());
+        report.file = Some(shown);
+        let action = job
+            .data_action_id
+            .clone()
+            .or_else(|| self.config.default_action.clone())
+            .ok_or_else(|| {
+                Failure::permanent(
+                    ErrorKind::InvalidJob,
+                    "the job names no data_action_id and CXONE_DATA_ACTION_ID is not set",
+                )
+            })?;
+        report.data_action_id = Some(action.clone());
+        Ok((job, action))
+    }
+
+    /// Writes the storage record, when storage is configured.
+    async fn store(
+        &self,
+        report: &mut Report,
+        job: &Job,
+        action: &str,
+        encoded: &Encoded,
+        raw: Option<Bytes>,
+    ) -> Result<(), Stopped> {
+        let Some(storage) = &self.storage else {
+            return Ok(());
+        };
+        let record = Record {
+            request_id: &report.key,
+            job_id: &report.job_id,
+            execution_id: report.state.execution_id.as_deref(),
+            data_action_id: action,
+            content_type: &encoded.content_type,
+            sha256: &encoded.sha256,
+            original_size: encoded.original_size,
+            metadata: job.metadata.as_ref(),
+            base64: encoded.base64(),
+            raw,
+        };
+        if let Err(e) = storage.write(&record).await {
+            return Err((Step::Store, storage_failure(e)));
+        }
+        report.storage_uri = Some(storage.uri(&report.job_id));
+        report.reach(Stage::Synced);
+        Ok(())
+    }
+
+    async fn encode(&self, bytes: &Bytes, job: &Job) -> Result<Encoded, Failure> {
+        let allowed = &self.config.allowed_types;
+        let encoded = if bytes.len() <= INLINE_ENCODE_MAX {
+            encode::encode(
+                bytes,
+                job.content_type.as_deref(),
+                allowed,
+                job.metadata.as_ref(),
+            )
+        } else {
+            let (bytes, declared, allowed, metadata) = (
+                bytes.clone(),
+                job.content_type.clone(),
+                allowed.clone(),
+                job.metadata.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                encode::encode(&bytes, declared.as_deref(), &allowed, metadata.as_ref())
+            })
+            .await
+            .unwrap_or_else(|e| Err(Failure::retryable(format!("encoding task failed: {e}"))))
+        };
+        let counter = match &encoded {
+            Ok(_) => &self.tally.encoded,
+            Err(Failure::Permanent { .. }) => &self.tally.encode_failed,
+            Err(_) => return encoded,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        encoded
+    }
+
+    fn count(&self, report: &Report) {
+        match &report.outcome {
+            Outcome::Succeeded => {
+                self.tally.succeeded.fetch_add(1, Ordering::Relaxed);
+                self.tally
+                    .latency_ms
+                    .fetch_add(report.latency.as_millis() as u64, Ordering::Relaxed);
+                metrics::counter!(names::JOBS, "outcome" => "succeeded").increment(1);
+            }
+            Outcome::Failed { kind, .. } => {
+                metrics::counter!(names::JOBS, "outcome" => "failed").increment(1);
+                metrics::counter!(names::JOBS_FAILED, "error_kind" => kind.as_str()).increment(1);
+            }
+            Outcome::Retry { .. } => metrics::counter!(names::RETRIES).increment(1),
+            Outcome::HandBack { cause, .. } => {
+                metrics::counter!(names::HANDED_BACK, "reason" => cause.as_str()).increment(1)
+            }
+        }
+    }
+}
+
+/// A storage error, sorted by the decision it drives: the deployment's problem
+/// pauses the worker (the job, whose action ran, is handed back with that mark),
+/// anything else is a retry of the record's write.
+fn storage_failure(e: StorageError) -> Failure {
+    let message = e.to_string();
+    match e.kind() {
+        StorageErrorKind::Refused => Failure::systemic(Systemic::StorageRefused, message),
+        StorageErrorKind::Unavailable => Failure::systemic(Systemic::StorageUnavailable, message),
+        StorageErrorKind::Failed => Failure::retryable(message),
+    }
+}
+
+fn log(report: &Report) {
+    let attempts = report.state.attempts;
+    let latency_ms = report.latency.as_millis() as u64;
+    match &report.outcome {
+        Outcome::Succeeded => tracing::info!(
+            execution_id = report.state.execution_id.as_deref().unwrap_or(""),
+            attempts,
+            latency_ms,
+            "job succeeded"
+        ),
+        Outcome::Retry { delay, error } => {
+            tracing::warn!(error = %error, attempts, retry_in = ?delay, "attempt failed; job will be retried")
+        }
+        Outcome::Failed { kind, error } => {
+            tracing::warn!(error_kind = kind.as_str(), error = %error, attempts, "job failed")
+        }
+        Outcome::HandBack { cause, error } => {
+            tracing::warn!(cause = cause.as_str(), error = %error, "job handed back")
+        }
+    }
+}
