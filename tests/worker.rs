@@ -7,6 +7,8 @@ mod cleanup;
 mod harness;
 #[path = "worker/resilience.rs"]
 mod resilience;
+#[path = "worker/trust.rs"]
+mod trust;
 
 use std::time::Duration;
 

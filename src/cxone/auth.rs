@@ -283,18 +283,43 @@ impl TokenCache {
                 "token endpoint answered {status}"
             )));
         }
-        if !status.is_success() {
-            // 400/401/403 mean our credentials are refused; any other 4xx means the
-            // endpoint is not what CXONE_API_URL says. Neither is a job's fault.
+        let code = status.as_u16();
+        if matches!(code, 400 | 401 | 403) {
+            // OAuth's answers to a bad client or grant (RFC 6749 5.2): our
+            // credentials are refused. Not a job's fault.
             return Err(Failure::systemic(
                 Systemic::CredentialsRefused,
                 format!("token endpoint refused the client credentials ({status})"),
             ));
         }
-        let answer: TokenAnswer = response
-            .json()
+        if !status.is_success() {
+            // 404, 405, a redirect…: whatever answers there is no token endpoint.
+            return Err(Failure::systemic(
+                Systemic::TokenEndpointInvalid,
+                format!(
+                    "{} answered {status}, not a token: check CXONE_API_URL / CXONE_TOKEN_URL",
+                    self.url
+                ),
+            ));
+        }
+        let body = response
+            .bytes()
             .await
-            .map_err(|e| Failure::retryable(format!("token answer unreadable: {e}")))?;
+            .map_err(|e| Failure::retryable(format!("token answer cut short: {}", super::transport_message(&e))))?;
+        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| {
+            // JSON is not quoted: a token answer of another shape may hold secrets.
+            let what = match serde_json::from_slice::<serde_json::Value>(&body) {
+                Ok(_) => format!("JSON that is no token answer ({e})"),
+                Err(_) => format!("no JSON: {}", super::excerpt(&body)),
+            };
+            Failure::systemic(
+                Systemic::TokenEndpointInvalid,
+                format!(
+                    "{} answered {status} with {what}; check CXONE_API_URL / CXONE_TOKEN_URL",
+                    self.url
+                ),
+            )
+        })?;
         let mut value = HeaderValue::from_str(&format!("Bearer {}", answer.access_token))
             .map_err(|_| Failure::retryable("token answer holds an unusable access_token"))?;
         value.set_sensitive(true);

@@ -18,6 +18,7 @@ use crate::broker::publisher::Outgoing;
 use crate::broker::topology::{Topology, header_int, header_text, headers, headers_without};
 use crate::job::{ErrorKind, idempotency_key, loose_job_id};
 use crate::outcome::rfc3339;
+use crate::state::JobState;
 
 /// Kinds that only RabbitMQ gives (the `reason` of `x-death`), and `unknown` for a
 /// message that carries neither the contract's headers nor `x-death`.
@@ -32,7 +33,7 @@ pub struct DeadLetter {
     pub error: String,
     pub attempts: Option<u32>,
     pub failed_at: Option<OffsetDateTime>,
-    /// Times it was replayed before (`x-cxone-replays`).
+    /// Times it was replayed before, as the state the worker wrote on it says.
     pub replays: u32,
     pub message_id: Option<String>,
     /// Dead-lettered by RabbitMQ rather than by the worker.
@@ -57,7 +58,7 @@ impl DeadLetter {
             attempts: count(headers::DLQ_ATTEMPTS).or(count(headers::ATTEMPTS)),
             failed_at: header_text(h, headers::FAILED_AT)
                 .and_then(|t| OffsetDateTime::parse(&t, &Rfc3339).ok()),
-            replays: count(headers::REPLAYS).unwrap_or(0),
+            replays: replays(h),
             message_id,
             by_broker: false,
         };
@@ -168,27 +169,33 @@ pub fn parse_since(raw: &str, now: OffsetDateTime) -> Result<OffsetDateTime, Str
         })
 }
 
+/// The replays the worker's signed state on a dead letter counts. Read for display
+/// only, unverified (an operator tool holds no key): the worker itself trusts the
+/// state only when its signature checks out.
+fn replays(h: &FieldTable) -> u32 {
+    header_text(h, headers::STATE)
+        .and_then(|s| serde_json::from_str::<JobState>(&s).ok())
+        .map_or(0, |state| state.replays)
+}
+
 /// The message a replay publishes: the same body and properties, straight to the jobs
 /// queue (not through the jobs exchange: other bindings saw the job once already).
-/// The attempt count restarts (the failure headers, the broker's dead-letter and
-/// delivery headers go), `x-cxone-replays` counts one more, and the execution id
-/// stays: it means the action already ran and only the storage write was left.
+/// The failure headers and the broker's dead-letter and delivery headers go; the
+/// worker's signed state stays as it is, and the worker, seeing a dead letter come
+/// back, starts its attempts over, counts the replay and keeps the execution mark
+/// (the action already ran and only the storage write was left). A replay therefore
+/// needs no key, and a replay by hand (a shovel, the management UI) counts the same.
 pub fn replay_copy(topology: &Topology, properties: &BasicProperties, body: &[u8]) -> Outgoing {
     let old = properties.headers().clone().unwrap_or_default();
-    let replays = header_int(&old, headers::REPLAYS)
-        .unwrap_or(0)
-        .saturating_add(1);
     let dropped = |key: &str| {
         [
-            headers::ATTEMPTS,
-            headers::SYNC_FAILURES,
             headers::DLQ_ATTEMPTS,
             headers::FAILED_AT,
             headers::DELIVERY_COUNT,
             headers::DEATH,
-            headers::REPLAYS,
         ]
         .contains(&key)
+            || headers::LEGACY.contains(&key)
             || [
                 headers::ERROR_PREFIX,
                 headers::FIRST_DEATH_PREFIX,
@@ -197,13 +204,11 @@ pub fn replay_copy(topology: &Topology, properties: &BasicProperties, body: &[u8
             .iter()
             .any(|p| key.starts_with(p))
     };
-    let mut kept = headers_without(&old, dropped);
-    kept.insert(headers::REPLAYS.into(), AMQPValue::LongLongInt(replays));
     Outgoing {
         exchange: String::new(),
         routing_key: topology.jobs(),
         body: body.to_vec(),
-        properties: properties.clone().with_headers(kept),
+        properties: properties.clone().with_headers(headers_without(&old, dropped)),
     }
 }
 
