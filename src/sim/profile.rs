@@ -96,6 +96,7 @@ const GENESYS: Profile = Profile {
 const CXONE: Profile = Profile {
     token_path: "/auth/token",
     grant: Grant::AccessKeyPassword,
+    discovery: true,
     ..SEED
 };
 

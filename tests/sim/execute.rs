@@ -111,3 +111,63 @@ async fn hash_off_records_size_without_sha256() {
         [&json!(1001), &Value::Null, &Value::Null]
     );
 }
+
+#[tokio::test]
+async fn the_trace_context_of_each_execute_is_recorded_under_its_key() {
+    for name in [ProfileName::Seed, ProfileName::Genesys] {
+        let sim = start(profile(name)).await;
+        let body = match name {
+            ProfileName::Genesys => {
+                json!({"binaryPayload": "aGk=", "contentType": "text/plain"}).to_string()
+            }
+            _ => sample(),
+        };
+        let first = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let retry = "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01";
+        let traced = |parent: &str| {
+            sim.post("da", Some("traced"))
+                .header("traceparent", parent)
+                .header("tracestate", "vendor=abc")
+                .body(body.clone())
+        };
+        assert!(traced(first).send().await.unwrap().status().is_success());
+        assert!(traced(retry).send().await.unwrap().status().is_success());
+        let only_parent = sim
+            .post("da", Some("parent-only"))
+            .header("traceparent", first);
+        assert!(
+            only_parent
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .is_success()
+        );
+        assert!(
+            sim.post("da", Some("untraced"))
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .is_success()
+        );
+        let keys = &sim.stats().await["keys"];
+        assert_eq!(
+            keys["traced"]["trace"],
+            json!([{"traceparent": first, "tracestate": "vendor=abc"},
+                   {"traceparent": retry, "tracestate": "vendor=abc"}]),
+            "{name:?}"
+        );
+        assert_eq!(
+            keys["parent-only"]["trace"],
+            json!([{"traceparent": first}])
+        );
+        assert!(
+            keys["untraced"].get("trace").is_none(),
+            "{name:?}: {}",
+            keys["untraced"]
+        );
+    }
+}
