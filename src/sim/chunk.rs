@@ -105,7 +105,7 @@ impl ChunkFields {
     }
 
     pub(crate) fn is_last(&self) -> bool {
-        self.index + 1 == self.count
+        self.index.checked_add(1) == Some(self.count)
     }
 
     /// Byte just past the chunk; `None` when the fields overflow.

@@ -38,8 +38,13 @@
 //!     `request.entity.too.large`, `service.unavailable`, …).
 //!   - 429 with `Retry-After` (seconds). The `inin-ratelimit-count`, `-allowed` and `-reset`
 //!     headers are documented as deprecated (2019) and since removed from Genesys's answers;
-//!     the contract still has the worker honour them, so `SIM_ININ_RATELIMIT=N` sends them.
-//!   - Genesys documents no idempotency for executions: a repeated key runs again.
+//!     the contract still has the worker honour them, so `SIM_ININ_RATELIMIT=N` sends them on
+//!     every execute answer: `count` = executes in the current `SIM_RATE_WINDOW_MS` window,
+//!     this one included (refused ones too), `allowed` = N, `reset` = whole seconds until the
+//!     window ends; an execute past N answers 429 with `Retry-After` = that `reset`.
+//!   - Genesys documents no idempotency for executions: a repeated key runs again, under a new
+//!     correlation id. The key's record counts it (`count`, `executionIds`), `duplicate_keys`
+//!     counts it, and `accepted` counts every execution.
 //!   - Request size: the stored Genesys documentation gives no figure for the largest execute
 //!     body, so `SIM_MAX_BODY` keeps its default in this profile too; the contract's 512000
 //!     is the worker's default `MAX_REQUEST_BYTES` there, and tests that want the cap say
@@ -54,6 +59,21 @@
 //!   `id_token` is `{"alg":"RS256","typ":"JWT","kid":"sim"}` `.` claims `iss, sub, aud, iat,
 //!   exp, tenantId` `.` random signature bytes: a client reads it without verifying it.
 //!   Only the token endpoint of the discovery document is served (no `authorize`, `jwks`).
+//!
+//! # Bodies and knobs every profile shares
+//!
+//! `SIM_PAYLOAD_FIELD` / `SIM_CONTENT_TYPE_FIELD` name the payload fields of both body shapes
+//! (defaults `binaryPayload`, `contentType`: v1's body). A flat (genesys) body must be one JSON
+//! object without repeated keys, whose payload is a strict base64 string and content type a
+//! string, and whose other keys (the metadata) hold only strings, numbers, booleans or null and
+//! are none of `orgId`, `integrationId`, `rawRequest`; each refusal is a 400 that says which
+//! rule broke. The v1 fault knobs (`SIM_LATENCY_MS`, `SIM_FAIL_5XX`, `SIM_FAIL_FIRST`,
+//! `SIM_RATE_LIMIT`, `status-NNN` ids, `SIM_MAX_BODY`) and `max_in_flight` work in every
+//! profile, with the profile's error body. `SIM_FAIL_CHUNK=I:N` answers 503 to the first N
+//! attempts of chunk index I of any upload (attempts counted per `Idempotency-Key`). The
+//! `traceparent` and `tracestate` headers of every execute recorded under a key are kept in
+//! its record (`/__stats?keys=1`: `"trace":[{"traceparent","tracestate"}]`, left out when none
+//! came).
 //!
 //! # Chunks (every profile)
 //!
