@@ -128,6 +128,17 @@ impl Sim {
             .await
     }
 
+    /// A small valid execute body in the profile's shape.
+    fn sample_body(&self) -> String {
+        match self.profile {
+            ProfileName::Genesys => {
+                json!({"binaryPayload": "aGVsbG8=", "contentType": "text/plain", "source": "test"})
+                    .to_string()
+            }
+            ProfileName::Seed | ProfileName::Cxone => sample(),
+        }
+    }
+
     /// The profile's execute path of data action `id`.
     fn execute_path(&self, id: &str) -> String {
         match self.profile {
