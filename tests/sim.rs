@@ -1,5 +1,6 @@
 //! The simulator over real HTTP: each test starts its own server on a free port and checks the
-//! answers and `/__stats` against what the reference `sim.mjs` does.
+//! answers and `/__stats`: the seed profile against what the reference `sim.mjs` does, the
+//! genesys and cxone profiles against what the vendors document and the contract's v2 says.
 
 use std::time::{Duration, Instant};
 

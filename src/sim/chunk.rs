@@ -248,6 +248,20 @@ mod tests {
     }
 
     #[test]
+    fn extreme_numbers_are_refused_without_overflow() {
+        let mut huge = fields(u64::MAX - 1, u64::MAX, u64::MAX, b"abc", u64::MAX);
+        let key = format!("job#{}", u64::MAX - 1);
+        let err = huge
+            .check(&key, "YWJj", b"abc")
+            .expect_err("offset + size overflows");
+        assert!(err.contains("passes totalSize"), "{err}");
+        huge.index = u64::MAX;
+        let key = format!("job#{}", u64::MAX);
+        assert!(huge.check(&key, "YWJj", b"abc").is_err());
+        assert!(!huge.is_last());
+    }
+
+    #[test]
     fn a_chunk_is_checked_against_its_own_bytes_and_key() {
         let first = fields(0, 2, 0, b"abc", 5);
         assert_eq!(first.check("job#0", "YWJj", b"abc"), Ok(()));

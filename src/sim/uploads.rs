@@ -64,7 +64,8 @@ impl Upload {
         }
     }
 
-    /// Checks `chunk` against this upload without changing anything.
+    /// Checks `chunk` against this upload without changing anything. `chunk` passed
+    /// `ChunkFields::check`: its index is below its count, and it ends inside the file.
     fn check(&self, chunk: &ChunkFields) -> Result<Arrival, String> {
         let i = chunk.index;
         if (chunk.count, chunk.total_size) != (self.count, self.total_size)
@@ -97,6 +98,7 @@ impl Upload {
                 ));
             }
         }
+        // `index < count` was checked, so `i + 1` cannot overflow.
         if let Some((&after, seen)) = self.seen.range(i + 1..).next()
             && (end > seen.offset || (after == i + 1 && end != seen.offset))
         {
@@ -143,8 +145,9 @@ pub(crate) struct Uploads {
 }
 
 impl Uploads {
-    /// Records a chunk that passed `ChunkFields::check`, or says why it does not fit its
-    /// upload (then nothing is recorded).
+    /// Records a chunk that passed `ChunkFields::check` (which this relies on: index below
+    /// count, inside the file), or says why it does not fit its upload; then nothing is
+    /// recorded.
     pub(crate) fn accept(&self, chunk: &ChunkFields, bytes: Vec<u8>) -> Result<Arrival, String> {
         let upload = {
             let mut by_id = lock(&self.by_id);
