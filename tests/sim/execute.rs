@@ -171,3 +171,27 @@ async fn the_trace_context_of_each_execute_is_recorded_under_its_key() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_nested_body_takes_the_configured_field_names() {
+    let sim = start(SimConfig {
+        payload_field: "document".into(),
+        content_type_field: "mime".into(),
+        ..SimConfig::default()
+    })
+    .await;
+    let renamed = json!({"inputs": {"document": {"value": "aGk=", "mime": "text/plain"},
+        "metadata": {"k": "v"}}});
+    let (status, _) = sim.exec("da", "renamed", renamed.to_string()).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let answer = sim.exec("da", "v1-names", sample()).await;
+    let refused = json!({"error": "invalid base64 payload"});
+    assert_eq!(answer, (StatusCode::BAD_REQUEST, refused));
+    let stats = sim.stats().await;
+    let record = &stats["keys"]["renamed"];
+    assert_eq!(
+        [&record["contentType"], &record["size"]],
+        [&json!("text/plain"), &json!(2)]
+    );
+    assert!(stats["keys"].get("v1-names").is_none());
+}
