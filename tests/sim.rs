@@ -1,47 +1,74 @@
 //! The simulator over real HTTP: each test starts its own server on a free port and checks the
-//! answers and `/__stats` against what the reference `sim.mjs` does.
+//! answers and `/__stats`: the seed profile against what the reference `sim.mjs` does, the
+//! genesys and cxone profiles against what the vendors document and the contract's v2 says.
 
 use std::time::{Duration, Instant};
 
 use base64::prelude::{BASE64_STANDARD, Engine as _};
-use cxone_worker::sim::{SimConfig, SimHandle, spawn};
+use cxone_worker::sim::{ProfileName, SimConfig, SimHandle, spawn};
 use reqwest::{Client, RequestBuilder, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-// The execute and fault tests live beside this file and share its harness.
+// The tests of each concern live beside this file and share its harness.
+#[path = "sim/chunks.rs"]
+mod chunks;
+#[path = "sim/cxone.rs"]
+mod cxone;
 #[path = "sim/execute.rs"]
 mod execute;
 #[path = "sim/faults.rs"]
 mod faults;
+#[path = "sim/genesys.rs"]
+mod genesys;
 
 /// A running simulator, a client, and a token the simulator issued.
 struct Sim {
     handle: SimHandle,
     http: Client,
     token: String,
+    profile: ProfileName,
 }
 
+/// Starts a simulator and takes a token by the profile's own grant, with the default
+/// credentials.
 async fn start(cfg: SimConfig) -> Sim {
+    let profile = cfg.profile;
     let handle = spawn(cfg).await.expect("simulator starts");
     let mut sim = Sim {
         handle,
         http: Client::new(),
         token: String::new(),
+        profile,
     };
-    let (status, body) = sim
-        .grant(
-            "test-client",
-            "test-secret",
-            "grant_type=client_credentials",
-        )
-        .await;
+    let (status, body) = match profile {
+        ProfileName::Seed => {
+            sim.grant(
+                "test-client",
+                "test-secret",
+                "grant_type=client_credentials",
+            )
+            .await
+        }
+        ProfileName::Genesys => sim.form_token("grant_type=client_credentials").await,
+        ProfileName::Cxone => {
+            let form = "grant_type=password&username=test-access-key&password=test-access-secret";
+            sim.form_token(form).await
+        }
+    };
     assert_eq!(status, StatusCode::OK, "{body}");
     sim.token = body["access_token"]
         .as_str()
         .expect("access_token")
         .to_owned();
     sim
+}
+
+fn profile(profile: ProfileName) -> SimConfig {
+    SimConfig {
+        profile,
+        ..SimConfig::default()
+    }
 }
 
 /// Sends and reads the JSON answer.
@@ -66,10 +93,23 @@ impl Sim {
         format!("{}{path}", self.handle.url())
     }
 
+    /// The seed's token request.
     async fn grant(&self, user: &str, secret: &str, form: &str) -> (StatusCode, Value) {
+        self.token_at("/api/v2/oauth/token", user, secret, form)
+            .await
+    }
+
+    /// A form token request with Basic credentials at `path`.
+    async fn token_at(
+        &self,
+        path: &str,
+        user: &str,
+        secret: &str,
+        form: &str,
+    ) -> (StatusCode, Value) {
         let req = self
             .http
-            .post(self.url("/api/v2/oauth/token"))
+            .post(self.url(path))
             .basic_auth(user, Some(secret));
         send(
             req.header("content-type", "application/x-www-form-urlencoded")
@@ -78,11 +118,39 @@ impl Sim {
         .await
     }
 
+    /// A token request to the profile's token endpoint with the default client credentials.
+    async fn form_token(&self, form: &str) -> (StatusCode, Value) {
+        let path = match self.profile {
+            ProfileName::Seed => "/api/v2/oauth/token",
+            ProfileName::Genesys => "/oauth/token",
+            ProfileName::Cxone => "/auth/token",
+        };
+        self.token_at(path, "test-client", "test-secret", form)
+            .await
+    }
+
+    /// A small valid execute body in the profile's shape.
+    fn sample_body(&self) -> String {
+        match self.profile {
+            ProfileName::Genesys => {
+                json!({"binaryPayload": "aGVsbG8=", "contentType": "text/plain", "source": "test"})
+                    .to_string()
+            }
+            ProfileName::Seed | ProfileName::Cxone => sample(),
+        }
+    }
+
+    /// The profile's execute path of data action `id`.
+    fn execute_path(&self, id: &str) -> String {
+        match self.profile {
+            ProfileName::Genesys => format!("/api/v2/integrations/actions/{id}/execute"),
+            ProfileName::Seed | ProfileName::Cxone => format!("/api/v2/data-actions/{id}/execute"),
+        }
+    }
+
     /// An execute of data action `id` with this sim's token and, when given, an idempotency key.
     fn post(&self, id: &str, key: Option<&str>) -> RequestBuilder {
-        let req = self
-            .http
-            .post(self.url(&format!("/api/v2/data-actions/{id}/execute")));
+        let req = self.http.post(self.url(&self.execute_path(id)));
         let req = req.bearer_auth(&self.token);
         match key {
             Some(key) => req.header("idempotency-key", key),
@@ -98,6 +166,12 @@ impl Sim {
         let (status, stats) = send(self.http.get(self.url("/__stats?keys=1"))).await;
         assert_eq!(status, StatusCode::OK);
         stats
+    }
+
+    async fn uploads(&self) -> Value {
+        let (status, stats) = send(self.http.get(self.url("/__stats?uploads=1"))).await;
+        assert_eq!(status, StatusCode::OK);
+        stats["uploads"].clone()
     }
 }
 

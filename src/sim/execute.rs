@@ -1,66 +1,92 @@
-//! `POST /api/v2/data-actions/{id}/execute`: the reference simulator's checks, in its order.
+//! The execute endpoint: the reference simulator's checks in its order, what v2 adds between
+//! them (the `inin-ratelimit` window, chunks, trace context), and the profile's answer.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use serde_json::Value;
 
-use super::payload::{self, Invalid};
-use super::routes::{broken_body, error, json, not_found, read_body};
-use super::state::{Counter, KeyRecord, Sim};
+use super::chunk::ChunkFields;
+use super::payload::{self, Digest, Invalid};
+use super::profile::{AnswerShape, ErrorShape};
+use super::reply::{Refusal, json, json_bytes, random_uuid, with_correlation_id};
+use super::routes::{not_found, read_body};
+use super::state::{Counter, InFlight, IninTick, KeyRecord, Sim, Trace};
 
 /// Order of the reference: 413, 401, 429, latency, attempt count, forced status, fail-first,
-/// random 5xx, 400s, then record or repeat.
+/// random 5xx, 400s, then record or repeat. v2 counts the call against `inin-ratelimit` as it
+/// comes (so that every answer carries the headers) and refuses past the limit with the 429s;
+/// a chunk is checked, and may fail by `SIM_FAIL_CHUNK`, after the body's 400s.
 pub(crate) async fn execute(State(sim): State<Arc<Sim>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let raw_id = data_action_segment(parts.uri.path()).to_owned();
+    let raw_id = sim.profile.action_segment(parts.uri.path()).to_owned();
     // The router also matches an empty `{id}`; the reference's `[^/]+` does not.
     if raw_id.is_empty() {
-        return not_found(body).await;
+        return not_found(State(sim), body).await;
     }
     let Ok(body) = read_body(body, sim.cfg.max_body).await else {
-        return broken_body();
+        return sim.profile.errors.refuse(Refusal::UnreadableBody);
     };
     let in_flight = sim.enter();
-    if body.too_big {
-        sim.bump(Counter::TooLarge);
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "payload too large");
+    let tick = sim.inin_tick();
+    let mut answer = match gate(&sim, &parts.headers, body.too_big, tick) {
+        Some(refused) => refused,
+        None => {
+            let call = Call {
+                raw_id,
+                key: idempotency_key(&parts.headers),
+                trace: Trace::of(&parts.headers),
+                body: body.bytes,
+            };
+            call.run(sim, in_flight).await
+        }
+    };
+    if let Some(tick) = tick {
+        stamp_inin(answer.headers_mut(), tick);
     }
-    if !bearer_valid(&sim, &parts.headers) {
+    answer
+}
+
+/// The checks before latency: body size, bearer token, rate limits. `Some` is the refusal.
+fn gate(sim: &Sim, headers: &HeaderMap, too_big: bool, tick: Option<IninTick>) -> Option<Response> {
+    let errors = sim.profile.errors;
+    if too_big {
+        sim.bump(Counter::TooLarge);
+        return Some(errors.refuse(Refusal::TooLarge));
+    }
+    if let Err(refusal) = bearer(sim, headers) {
         sim.bump(Counter::Unauthorized);
-        return error(StatusCode::UNAUTHORIZED, "invalid_token");
+        return Some(errors.refuse(refusal));
+    }
+    if let Some(tick) = tick.filter(IninTick::spent) {
+        sim.bump(Counter::RateLimited);
+        return Some(rate_limited(errors, HeaderValue::from(tick.reset_secs)));
     }
     if !sim.admit() {
         sim.bump(Counter::RateLimited);
-        let mut answer = error(StatusCode::TOO_MANY_REQUESTS, "rate limited");
-        answer
-            .headers_mut()
-            .insert(header::RETRY_AFTER, sim.retry_after.clone());
-        return answer;
+        return Some(rate_limited(errors, sim.retry_after.clone()));
     }
-    let call = Call {
-        raw_id,
-        key: idempotency_key(&parts.headers),
-        body: body.bytes,
-    };
-    if sim.cfg.latency_ms == 0 {
-        return call.finish(&sim);
-    }
-    // The reference goes on after its sleep even when the client has hung up meanwhile (the
-    // attempt and the key are still recorded, so a retry is a duplicate). Here a hang-up drops
-    // the handler future, so the sleep and the rest run in a task of their own.
-    let latency = Duration::from_millis(sim.cfg.latency_ms);
-    let rest = tokio::spawn(async move {
-        tokio::time::sleep(latency).await;
-        let answer = call.finish(&sim);
-        drop(in_flight);
-        answer
-    });
-    rest.await
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    None
+}
+
+fn rate_limited(errors: ErrorShape, retry_after: HeaderValue) -> Response {
+    let mut answer = errors.refuse(Refusal::RateLimited);
+    answer
+        .headers_mut()
+        .insert(header::RETRY_AFTER, retry_after);
+    answer
+}
+
+/// `inin-ratelimit-*`: Genesys's (deprecated, still honoured by the worker) view of the window.
+fn stamp_inin(headers: &mut HeaderMap, tick: IninTick) {
+    headers.insert("inin-ratelimit-count", HeaderValue::from(tick.count));
+    headers.insert("inin-ratelimit-allowed", HeaderValue::from(tick.allowed));
+    headers.insert("inin-ratelimit-reset", HeaderValue::from(tick.reset_secs));
 }
 
 /// What is left of an execute once it is admitted, owned so it can move into a task.
@@ -69,7 +95,155 @@ struct Call {
     raw_id: String,
     /// `Idempotency-Key`, "" when absent.
     key: String,
-    body: axum::body::Bytes,
+    trace: Option<Trace>,
+    body: Bytes,
+}
+
+impl Call {
+    async fn run(self, sim: Arc<Sim>, in_flight: InFlight) -> Response {
+        if sim.cfg.latency_ms == 0 {
+            return self.finish(&sim);
+        }
+        // The reference goes on after its sleep even when the client has hung up meanwhile (the
+        // attempt and the key are still recorded, so a retry is a duplicate). Here a hang-up
+        // drops the handler future, so the sleep and the rest run in a task of their own.
+        let latency = Duration::from_millis(sim.cfg.latency_ms);
+        let rest = tokio::spawn(async move {
+            tokio::time::sleep(latency).await;
+            let answer = self.finish(&sim);
+            drop(in_flight);
+            answer
+        });
+        rest.await
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    }
+
+    fn finish(self, sim: &Sim) -> Response {
+        let Self {
+            raw_id,
+            key,
+            trace,
+            body,
+        } = self;
+        let errors = sim.profile.errors;
+        let attempt = sim.attempt(&key);
+        if let Some(status) = forced_status(&raw_id) {
+            if status.is_server_error() {
+                sim.bump(Counter::ServerErrors);
+            }
+            return errors.refuse(Refusal::Forced(status));
+        }
+        let fail_first = sim.cfg.fail_first > 0 && attempt <= u64::from(sim.cfg.fail_first);
+        if fail_first || (sim.cfg.fail_5xx > 0.0 && rand::random::<f64>() < sim.cfg.fail_5xx) {
+            sim.bump(Counter::ServerErrors);
+            return errors.refuse(Refusal::Unavailable);
+        }
+        let payload = match sim.profile.body.parse(&body, &sim.fields) {
+            Ok(payload) => payload,
+            Err(invalid) => return bad_request(sim, invalid),
+        };
+        let key = if key.is_empty() {
+            sim.bump(Counter::MissingKey);
+            format!("nokey-{}", random_uuid())
+        } else {
+            key
+        };
+        let chunk_digest = match &payload.chunk {
+            Some(chunk) => match receive_chunk(sim, chunk, &key, &payload.value, attempt) {
+                Ok(digest) => Some(digest),
+                Err(answer) => return *answer,
+            },
+            None => None,
+        };
+        if sim.profile.dedupe
+            && let Some(first) = sim.repeat(&key, trace.as_ref())
+        {
+            return accepted(&first, true);
+        }
+        // The reference would crash on an id that is not valid percent-encoded UTF-8.
+        let Some(data_action_id) = decode_uri_component(&raw_id) else {
+            sim.bump(Counter::BadRequests);
+            return errors.refuse(Refusal::InvalidActionId);
+        };
+        let digest = match chunk_digest {
+            Some(digest) => digest,
+            None => match payload::digest(&payload.value, sim.cfg.hash) {
+                Ok(digest) => digest,
+                Err(invalid) => return bad_request(sim, invalid),
+            },
+        };
+        let record = KeyRecord {
+            count: 1,
+            execution_id: sim.profile.answer.new_execution_id(),
+            data_action_id,
+            content_type: payload.content_type.into_owned(),
+            size: digest.size,
+            sha256: digest.sha256,
+            metadata: payload.metadata,
+            execution_ids: Vec::new(),
+            trace: trace.into_iter().collect(),
+        };
+        settle(sim, key, record, payload.chunk.as_ref())
+    }
+}
+
+/// The checks and the bookkeeping of one chunk. Its bytes are decoded once, hashed for the
+/// check, and handed to the upload; the key's record reuses the check's size and hash. The
+/// refusal is boxed so that the common `Ok` stays small.
+fn receive_chunk(
+    sim: &Sim,
+    chunk: &ChunkFields,
+    key: &str,
+    encoded: &str,
+    attempt: u64,
+) -> Result<Digest, Box<Response>> {
+    if let Some(fail) = sim.cfg.fail_chunk
+        && chunk.index == fail.index
+        && attempt <= fail.attempts
+    {
+        sim.bump(Counter::ServerErrors);
+        return Err(Box::new(sim.profile.errors.refuse(Refusal::Unavailable)));
+    }
+    let bad = |invalid| Box::new(bad_request(sim, invalid));
+    let bytes = payload::decode(encoded).map_err(bad)?;
+    chunk
+        .check(key, encoded, &bytes)
+        .map_err(|message| bad(Invalid::Body(message)))?;
+    let size = bytes.len() as u64;
+    sim.uploads
+        .accept(chunk, bytes)
+        .map_err(|message| bad(Invalid::Body(message)))?;
+    Ok(Digest {
+        size,
+        sha256: sim.cfg.hash.then(|| chunk.sha256.clone()),
+    })
+}
+
+/// Records the execution and answers in the profile's shape.
+fn settle(sim: &Sim, key: String, record: KeyRecord, chunk: Option<&ChunkFields>) -> Response {
+    match sim.profile.answer {
+        AnswerShape::Accepted => {
+            let (execution_id, repeat) = sim.record(key, record);
+            accepted(&execution_id, repeat)
+        }
+        AnswerShape::Output => {
+            let body = output(sim, &record, chunk);
+            let execution_id = record.execution_id.clone();
+            sim.record_execution(key, record);
+            with_correlation_id(json_bytes(StatusCode::OK, body), &execution_id)
+        }
+    }
+}
+
+impl AnswerShape {
+    /// A fresh execution id: the seed's `exec-<uuid>`, or a bare UUID where the id is the
+    /// answer's `ININ-Correlation-Id`.
+    fn new_execution_id(self) -> String {
+        match self {
+            Self::Accepted => format!("exec-{}", random_uuid()),
+            Self::Output => random_uuid().to_string(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -78,55 +252,6 @@ struct Accepted<'a> {
     execution_id: &'a str,
     status: &'static str,
     message: &'static str,
-}
-
-impl Call {
-    fn finish(self, sim: &Sim) -> Response {
-        let attempt = sim.attempt(&self.key);
-        if let Some(status) = forced_status(&self.raw_id) {
-            if status.is_server_error() {
-                sim.bump(Counter::ServerErrors);
-            }
-            return error(status, &format!("forced {}", status.as_u16()));
-        }
-        let fail_first = sim.cfg.fail_first > 0 && attempt <= u64::from(sim.cfg.fail_first);
-        if fail_first || (sim.cfg.fail_5xx > 0.0 && rand::random::<f64>() < sim.cfg.fail_5xx) {
-            sim.bump(Counter::ServerErrors);
-            return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
-        }
-        let payload = match payload::parse(&self.body) {
-            Ok(payload) => payload,
-            Err(Invalid::Json) => return bad_request(sim, "invalid json"),
-            Err(Invalid::Payload) => return bad_request(sim, "invalid base64 payload"),
-        };
-        let key = if self.key.is_empty() {
-            sim.bump(Counter::MissingKey);
-            format!("nokey-{}", random_uuid())
-        } else {
-            self.key
-        };
-        if let Some(first) = sim.repeat(&key) {
-            return accepted(&first, true);
-        }
-        // The reference would crash on an id that is not valid percent-encoded UTF-8.
-        let Some(data_action_id) = decode_uri_component(&self.raw_id) else {
-            return bad_request(sim, "invalid data action id");
-        };
-        let Ok(digest) = payload::digest(&payload.value, sim.cfg.hash) else {
-            return bad_request(sim, "invalid base64 payload");
-        };
-        let record = KeyRecord {
-            count: 1,
-            execution_id: format!("exec-{}", random_uuid()),
-            data_action_id,
-            content_type: payload.content_type.into_owned(),
-            size: digest.size,
-            sha256: digest.sha256,
-            metadata: payload.metadata,
-        };
-        let (execution_id, repeat) = sim.record(key, record);
-        accepted(&execution_id, repeat)
-    }
 }
 
 fn accepted(execution_id: &str, repeat: bool) -> Response {
@@ -145,19 +270,78 @@ fn accepted(execution_id: &str, repeat: bool) -> Response {
     )
 }
 
-fn bad_request(sim: &Sim, message: &str) -> Response {
+/// The action's output in the genesys profile: what the simulator received, deterministic
+/// for the same request, padded to `SIM_OUTPUT_BYTES`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Output<'a> {
+    action_id: &'a str,
+    received_bytes: u64,
+    sha256: Option<&'a str>,
+    content_type: &'a str,
+    metadata: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chunk: Option<OutputChunk<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    padding: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OutputChunk<'a> {
+    upload_id: &'a str,
+    index: u64,
+    count: u64,
+}
+
+fn output(sim: &Sim, record: &KeyRecord, chunk: Option<&ChunkFields>) -> Vec<u8> {
+    let mut out = Output {
+        action_id: &record.data_action_id,
+        received_bytes: record.size,
+        sha256: record.sha256.as_deref(),
+        content_type: &record.content_type,
+        metadata: &record.metadata,
+        chunk: chunk.map(|c| OutputChunk {
+            upload_id: &c.upload_id,
+            index: c.index,
+            count: c.count,
+        }),
+        padding: None,
+    };
+    let bytes = serde_json::to_vec(&out).unwrap_or_default();
+    if bytes.len() >= sim.cfg.output_bytes {
+        return bytes;
+    }
+    // `,"padding":"…"` adds its own 13 bytes to the value; plain ASCII needs no escaping.
+    const FRAME: usize = r#","padding":"""#.len();
+    let fill = sim.cfg.output_bytes.saturating_sub(bytes.len() + FRAME);
+    out.padding = Some("x".repeat(fill));
+    serde_json::to_vec(&out).unwrap_or_default()
+}
+
+fn bad_request(sim: &Sim, invalid: Invalid) -> Response {
     sim.bump(Counter::BadRequests);
-    error(StatusCode::BAD_REQUEST, message)
+    let errors = sim.profile.errors;
+    match invalid {
+        Invalid::Json => errors.refuse(Refusal::InvalidJson),
+        Invalid::Payload => errors.refuse(Refusal::InvalidPayload),
+        Invalid::Body(message) => errors.refuse(Refusal::BadBody(&message)),
+    }
 }
 
 /// `Authorization: Bearer <token>` naming a token that has not expired. Only the first
 /// `Authorization` field counts, as in Node.
-fn bearer_valid(sim: &Sim, headers: &HeaderMap) -> bool {
-    headers
+fn bearer(sim: &Sim, headers: &HeaderMap) -> Result<(), Refusal<'static>> {
+    let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .and_then(|token| std::str::from_utf8(token).ok())
-        .is_some_and(|token| sim.token_valid(token))
+        .ok_or(Refusal::NoToken)?;
+    let valid = std::str::from_utf8(token).is_ok_and(|token| sim.token_valid(token));
+    if valid {
+        Ok(())
+    } else {
+        Err(Refusal::BadToken)
+    }
 }
 
 /// The header as Node sees it: Latin-1 text, repeated fields joined with ", ".
@@ -173,13 +357,6 @@ fn idempotency_key(headers: &HeaderMap) -> String {
         }
     }
     key
-}
-
-/// The `{id}` segment; the route guarantees the prefix and suffix are there.
-fn data_action_segment(path: &str) -> &str {
-    path.strip_prefix("/api/v2/data-actions/")
-        .and_then(|rest| rest.strip_suffix("/execute"))
-        .unwrap_or_default()
 }
 
 /// `status-NNN` answers NNN. Codes hyper cannot send as a final answer (below 200) are left
@@ -211,11 +388,6 @@ fn decode_uri_component(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
-}
-
-/// A v4 UUID from the thread-local generator; `Uuid::new_v4` would make a system call each time.
-fn random_uuid() -> uuid::Uuid {
-    uuid::Builder::from_random_bytes(rand::random()).into_uuid()
 }
 
 #[cfg(test)]

@@ -1,23 +1,46 @@
-//! The execute body: find `inputs.binaryPayload` as the reference does, check its base64
-//! strictly, and measure and hash the decoded bytes without keeping them.
+//! The execute body: find the payload where the profile's body shape puts it (the nested shape
+//! as the reference does; the flat one in `flat.rs`), check its base64 strictly, and measure
+//! and hash the decoded bytes without keeping them.
 
 use std::borrow::Cow;
 
 use base64::Engine as _;
 use base64::alphabet;
 use base64::engine::{GeneralPurpose, GeneralPurposeConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-/// Why a body is refused; each maps to one 400 answer of the reference.
+use super::chunk::ChunkFields;
+use super::config::{DEFAULT_CONTENT_TYPE_FIELD, DEFAULT_PAYLOAD_FIELD};
+use super::flat;
+use super::profile::BodyShape;
+
+/// Why a body is refused; each maps to one 400 answer.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Invalid {
     /// Not JSON at all.
     Json,
-    /// JSON, but no string `value` and `contentType` under `inputs.binaryPayload`, or a
-    /// `value` that is not strict padded base64.
+    /// Nested body: JSON, but no string `value` and content type under `inputs.<payload>`, or
+    /// a `value` that is not strict padded base64 (the reference's one message for all).
     Payload,
+    /// A problem with its own explanation: anything wrong with a flat body, chunk fields.
+    Body(String),
+}
+
+/// The names of the payload and content-type fields (`SIM_PAYLOAD_FIELD`,
+/// `SIM_CONTENT_TYPE_FIELD`).
+#[derive(Debug, Clone)]
+pub(crate) struct FieldNames {
+    pub(crate) payload: String,
+    pub(crate) content_type: String,
+}
+
+impl FieldNames {
+    /// v1's names, which the fast typed parse of a nested body knows at compile time.
+    fn are_default(&self) -> bool {
+        self.payload == DEFAULT_PAYLOAD_FIELD && self.content_type == DEFAULT_CONTENT_TYPE_FIELD
+    }
 }
 
 /// The parts of a valid body that the simulator records. `value` borrows from the body
@@ -26,8 +49,32 @@ pub(crate) enum Invalid {
 pub(crate) struct Payload<'a> {
     pub(crate) value: Cow<'a, str>,
     pub(crate) content_type: Cow<'a, str>,
-    /// `inputs.metadata`, `null` when absent.
+    /// Nested: `inputs.metadata`, `null` when absent. Flat: the object of every other key.
     pub(crate) metadata: Value,
+    /// The chunk fields, when the body is one chunk of a larger file.
+    pub(crate) chunk: Option<ChunkFields>,
+}
+
+impl BodyShape {
+    /// Parses an execute body of this shape, with its payload's base64 checked.
+    pub(crate) fn parse<'b>(
+        self,
+        body: &'b [u8],
+        names: &FieldNames,
+    ) -> Result<Payload<'b>, Invalid> {
+        match self {
+            Self::Nested => parse_nested(body, names),
+            Self::Flat => flat::parse(body, names),
+        }
+    }
+}
+
+/// A nested body before its chunk fields are read.
+struct Nested<'a> {
+    value: Cow<'a, str>,
+    content_type: Cow<'a, str>,
+    metadata: Value,
+    chunk: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -42,6 +89,8 @@ struct Inputs<'a> {
     binary_payload: Binary<'a>,
     #[serde(default)]
     metadata: Value,
+    #[serde(default, deserialize_with = "present")]
+    chunk: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -52,29 +101,46 @@ struct Binary<'a> {
     content_type: Cow<'a, str>,
 }
 
-/// Parses an execute body the way the reference's `JSON.parse` + property checks do.
-pub(crate) fn parse(body: &[u8]) -> Result<Payload<'_>, Invalid> {
-    // The typed parse borrows the (large) base64 string straight from the body. It refuses
-    // some bodies that JavaScript takes (a repeated key, where the last one wins; bytes that
-    // are not UTF-8), so a failure is judged again by the slower, owning path.
-    let payload = match serde_json::from_slice::<Envelope<'_>>(body) {
-        Ok(Envelope { inputs }) => Payload {
+/// `Some` for any value, `null` included: a `chunk` key that is there but not an object is
+/// refused, not taken for "no chunk".
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// Parses a nested body the way the reference's `JSON.parse` + property checks do.
+fn parse_nested<'b>(body: &'b [u8], names: &FieldNames) -> Result<Payload<'b>, Invalid> {
+    // The typed parse borrows the (large) base64 string straight from the body, but knows only
+    // v1's field names. It refuses some bodies that JavaScript takes (a repeated key, where the
+    // last one wins; bytes that are not UTF-8), so a failure is judged again by the slower,
+    // owning path, which also serves other field names.
+    let typed = names
+        .are_default()
+        .then(|| serde_json::from_slice::<Envelope<'_>>(body).ok())
+        .flatten();
+    let nested = match typed {
+        Some(Envelope { inputs }) => Nested {
             value: inputs.binary_payload.value,
             content_type: inputs.binary_payload.content_type,
             metadata: inputs.metadata,
+            chunk: inputs.chunk,
         },
-        Err(_) => parse_as_javascript(body)?,
+        None => parse_as_javascript(body, names)?,
     };
-    if is_strict_base64(&payload.value) {
-        Ok(payload)
-    } else {
-        Err(Invalid::Payload)
+    if !is_strict_base64(&nested.value) {
+        return Err(Invalid::Payload);
     }
+    let chunk = nested.chunk.map(ChunkFields::from_nested).transpose();
+    Ok(Payload {
+        value: nested.value,
+        content_type: nested.content_type,
+        metadata: nested.metadata,
+        chunk: chunk.map_err(Invalid::Body)?,
+    })
 }
 
 /// `JSON.parse(body.toString())`: invalid UTF-8 becomes U+FFFD, a repeated key keeps its last
 /// value, and any JSON that lacks the two strings is a payload error rather than a JSON error.
-fn parse_as_javascript(body: &[u8]) -> Result<Payload<'static>, Invalid> {
+fn parse_as_javascript(body: &[u8], names: &FieldNames) -> Result<Nested<'static>, Invalid> {
     let text = String::from_utf8_lossy(body);
     let json: Value = serde_json::from_str(&text).map_err(|_| Invalid::Json)?;
     let Value::Object(mut json) = json else {
@@ -83,14 +149,15 @@ fn parse_as_javascript(body: &[u8]) -> Result<Payload<'static>, Invalid> {
     let Some(Value::Object(mut inputs)) = json.remove("inputs") else {
         return Err(Invalid::Payload);
     };
-    let Some(Value::Object(mut binary)) = inputs.remove("binaryPayload") else {
+    let Some(Value::Object(mut binary)) = inputs.remove(&names.payload) else {
         return Err(Invalid::Payload);
     };
-    match (binary.remove("value"), binary.remove("contentType")) {
-        (Some(Value::String(value)), Some(Value::String(content_type))) => Ok(Payload {
+    match (binary.remove("value"), binary.remove(&names.content_type)) {
+        (Some(Value::String(value)), Some(Value::String(content_type))) => Ok(Nested {
             value: Cow::Owned(value),
             content_type: Cow::Owned(content_type),
             metadata: inputs.remove("metadata").unwrap_or(Value::Null),
+            chunk: inputs.remove("chunk"),
         }),
         _ => Err(Invalid::Payload),
     }
@@ -161,10 +228,81 @@ pub(crate) fn digest(value: &str, hash: bool) -> Result<Digest, Invalid> {
     })
 }
 
+/// The bytes of a value that passed `is_strict_base64`, for a chunk: the simulator holds a
+/// chunk's bytes (at most one request body) to check and reassemble it.
+pub(crate) fn decode(value: &str) -> Result<Vec<u8>, Invalid> {
+    NODE_BASE64.decode(value).map_err(|_| Invalid::Payload)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use base64::prelude::BASE64_STANDARD;
+
+    fn names(payload: &str, content_type: &str) -> FieldNames {
+        FieldNames {
+            payload: payload.into(),
+            content_type: content_type.into(),
+        }
+    }
+
+    fn parse(body: &[u8]) -> Result<Payload<'_>, Invalid> {
+        BodyShape::Nested.parse(
+            body,
+            &names(DEFAULT_PAYLOAD_FIELD, DEFAULT_CONTENT_TYPE_FIELD),
+        )
+    }
+
+    #[test]
+    fn other_field_names_are_looked_for_and_v1_names_no_longer_count() {
+        let custom = names("document", "mime");
+        let custom_body =
+            br#"{"inputs":{"document":{"value":"QUJD","mime":"a/b"},"metadata":{"k":1}}}"#;
+        let p = BodyShape::Nested
+            .parse(custom_body, &custom)
+            .expect("custom names");
+        assert_eq!((p.value.as_ref(), p.content_type.as_ref()), ("QUJD", "a/b"));
+        let v1 = body("QUJD");
+        assert_eq!(
+            BodyShape::Nested.parse(v1.as_bytes(), &custom).err(),
+            Some(Invalid::Payload)
+        );
+    }
+
+    #[test]
+    fn a_chunk_object_is_read_and_a_bad_one_refused() {
+        let sha = hex::encode(Sha256::digest(b"ABC"));
+        let chunk = format!(
+            r#"{{"uploadId":"j","index":0,"count":1,"offset":0,"size":3,"totalSize":3,
+            "sha256":"{sha}","fileSha256":"{sha}"}}"#
+        );
+        let with = |chunk: &str| {
+            format!(
+                r#"{{"inputs":{{"binaryPayload":{{"value":"QUJD","contentType":"a"}},"chunk":{chunk}}}}}"#
+            )
+        };
+        let chunked = with(&chunk);
+        let p = parse(chunked.as_bytes()).expect("chunk");
+        assert_eq!(p.chunk.map(|c| c.size), Some(3));
+        assert!(
+            parse(body("QUJD").as_bytes())
+                .expect("plain")
+                .chunk
+                .is_none()
+        );
+        for bad in ["null", "[]", r#"{"uploadId":"j"}"#] {
+            assert!(
+                matches!(parse(with(bad).as_bytes()).err(), Some(Invalid::Body(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn decode_gives_the_bytes() {
+        assert_eq!(decode("QUJD"), Ok(b"ABC".to_vec()));
+        assert_eq!(decode("QR=="), Ok(b"A".to_vec()));
+    }
 
     fn body(value: &str) -> String {
         format!(

@@ -14,6 +14,9 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use super::SimConfig;
+use super::payload::FieldNames;
+use super::profile::Profile;
+use super::uploads::Uploads;
 
 /// The plain counters of `/__stats`, in the order the reference prints them.
 #[derive(Clone, Copy)]
@@ -45,7 +48,8 @@ const COUNTER_NAMES: [&str; 11] = [
     "missing_key",
 ];
 
-/// What the reference remembers of the first accepted execute of an idempotency key.
+/// What the reference remembers of the first accepted execute of an idempotency key, plus
+/// what v2 adds (each left out of the JSON while empty, so seed records read as before).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct KeyRecord {
@@ -56,6 +60,37 @@ pub(crate) struct KeyRecord {
     pub(crate) size: u64,
     pub(crate) sha256: Option<String>,
     pub(crate) metadata: serde_json::Value,
+    /// Without deduplication (genesys): the execution id of every execution, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) execution_ids: Vec<String>,
+    /// The trace context of every execute recorded under the key that carried one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) trace: Vec<Trace>,
+}
+
+/// The W3C trace context headers of one execute, as sent.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Trace {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) traceparent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tracestate: Option<String>,
+}
+
+impl Trace {
+    /// `None` when the request carried neither header.
+    pub(crate) fn of(headers: &axum::http::HeaderMap) -> Option<Self> {
+        let text = |name| {
+            headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        let trace = Self {
+            traceparent: text("traceparent"),
+            tracestate: text("tracestate"),
+        };
+        (trace.traceparent.is_some() || trace.tracestate.is_some()).then_some(trace)
+    }
 }
 
 #[derive(Default)]
@@ -70,6 +105,8 @@ struct Window {
     start_ms: u64,
     count: u64,
     max_count: u64,
+    /// Every execute that reached the simulator in this window, for `inin-ratelimit-count`.
+    calls: u64,
 }
 
 impl Window {
@@ -78,13 +115,44 @@ impl Window {
             start_ms: now_ms(),
             count: 0,
             max_count: 0,
+            calls: 0,
         }
+    }
+
+    /// Opens a new window when the current one is over.
+    fn roll(&mut self, now: u64, length_ms: u64) {
+        if now.saturating_sub(self.start_ms) >= length_ms {
+            self.start_ms = now;
+            self.count = 0;
+            self.calls = 0;
+        }
+    }
+}
+
+/// Where one execute stands against `SIM_ININ_RATELIMIT`: the values of its
+/// `inin-ratelimit-*` headers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IninTick {
+    /// Calls in the current window, this one included.
+    pub(crate) count: u64,
+    pub(crate) allowed: u64,
+    /// Whole seconds until the window ends.
+    pub(crate) reset_secs: u64,
+}
+
+impl IninTick {
+    pub(crate) fn spent(&self) -> bool {
+        self.count > self.allowed
     }
 }
 
 /// Everything the handlers share; built once per server from its `SimConfig`.
 pub(crate) struct Sim {
     pub(crate) cfg: SimConfig,
+    /// The API spoken, from `cfg.profile`.
+    pub(crate) profile: &'static Profile,
+    /// `cfg`'s payload and content-type field names, as the body parsers take them.
+    pub(crate) fields: FieldNames,
     /// `Basic base64(id:secret)`, the only `Authorization` the token endpoint accepts.
     pub(crate) expected_basic: String,
     pub(crate) retry_after: HeaderValue,
@@ -97,6 +165,8 @@ pub(crate) struct Sim {
     /// Token -> expiry. Read on every execute, written only by the token endpoint.
     tokens: RwLock<HashMap<String, Instant>>,
     book: Mutex<KeyBook>,
+    /// Chunked uploads by `uploadId`; cleared by `/__reset`.
+    pub(crate) uploads: Uploads,
 }
 
 /// Holds one unit of `in_flight` for as long as an execute is being handled, including when the
@@ -129,6 +199,11 @@ impl Sim {
             base64::prelude::BASE64_STANDARD.encode(credentials)
         );
         Ok(Self {
+            profile: Profile::of(cfg.profile),
+            fields: FieldNames {
+                payload: cfg.payload_field.clone(),
+                content_type: cfg.content_type_field.clone(),
+            },
             cfg,
             expected_basic,
             retry_after,
@@ -138,6 +213,7 @@ impl Sim {
             window: Mutex::new(Window::new()),
             tokens: RwLock::default(),
             book: Mutex::default(),
+            uploads: Uploads::default(),
         })
     }
 
@@ -173,18 +249,32 @@ impl Sim {
     /// Opens a new window when the current one is over, then admits the call unless the
     /// limit is reached. The window is counted even with no limit, for `max_window_count`.
     pub(crate) fn admit(&self) -> bool {
-        let now = now_ms();
         let mut w = lock(&self.window);
-        if now.saturating_sub(w.start_ms) >= self.cfg.rate_window_ms {
-            w.start_ms = now;
-            w.count = 0;
-        }
+        w.roll(now_ms(), self.cfg.rate_window_ms);
         if self.cfg.rate_limit > 0 && w.count >= u64::from(self.cfg.rate_limit) {
             return false;
         }
         w.count += 1;
         w.max_count = w.max_count.max(w.count);
         true
+    }
+
+    /// Counts an execute against `SIM_ININ_RATELIMIT` when the profile sends those headers
+    /// and the knob is on.
+    pub(crate) fn inin_tick(&self) -> Option<IninTick> {
+        if !self.profile.inin_headers || self.cfg.inin_ratelimit == 0 {
+            return None;
+        }
+        let now = now_ms();
+        let mut w = lock(&self.window);
+        w.roll(now, self.cfg.rate_window_ms);
+        w.calls += 1;
+        let left_ms = (w.start_ms + self.cfg.rate_window_ms).saturating_sub(now);
+        Some(IninTick {
+            count: w.calls,
+            allowed: u64::from(self.cfg.inin_ratelimit),
+            reset_secs: left_ms.div_ceil(1000),
+        })
     }
 
     /// Counts one attempt of `key` and says which attempt it is (1 for the first).
@@ -199,10 +289,11 @@ impl Sim {
     }
 
     /// For a key already recorded: counts the repeat and returns its first execution id.
-    pub(crate) fn repeat(&self, key: &str) -> Option<String> {
+    pub(crate) fn repeat(&self, key: &str, trace: Option<&Trace>) -> Option<String> {
         let mut book = lock(&self.book);
         let record = book.records.get_mut(key)?;
         record.count += 1;
+        record.trace.extend(trace.cloned());
         self.bump(Counter::DuplicateKeys);
         Some(record.execution_id.clone())
     }
@@ -214,15 +305,38 @@ impl Sim {
         let mut book = lock(&self.book);
         match book.records.entry(key) {
             std::collections::hash_map::Entry::Occupied(mut first) => {
-                first.get_mut().count += 1;
+                let first = first.get_mut();
+                first.count += 1;
+                first.trace.extend(record.trace);
                 self.bump(Counter::DuplicateKeys);
-                (first.get().execution_id.clone(), true)
+                (first.execution_id.clone(), true)
             }
             std::collections::hash_map::Entry::Vacant(slot) => {
                 let id = record.execution_id.clone();
                 slot.insert(record);
                 self.bump(Counter::Accepted);
                 (id, false)
+            }
+        }
+    }
+
+    /// Without deduplication every execute is an execution: a key seen before is counted as
+    /// a duplicate, its record gains this execution's id, and nothing else of it changes.
+    pub(crate) fn record_execution(&self, key: String, record: KeyRecord) {
+        self.bump(Counter::Accepted);
+        let mut book = lock(&self.book);
+        match book.records.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut first) => {
+                let first = first.get_mut();
+                first.count += 1;
+                first.execution_ids.push(record.execution_id);
+                first.trace.extend(record.trace);
+                self.bump(Counter::DuplicateKeys);
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let mut record = record;
+                record.execution_ids = vec![record.execution_id.clone()];
+                slot.insert(record);
             }
         }
     }
@@ -239,10 +353,12 @@ impl Sim {
         let old_book = std::mem::take(&mut *lock(&self.book));
         let old_tokens = std::mem::take(&mut *write(&self.tokens));
         drop((old_book, old_tokens));
+        self.uploads.clear();
     }
 
-    /// The JSON of `GET /__stats`; with `with_keys`, also the per-key records and attempts.
-    pub(crate) fn stats_json(&self, with_keys: bool) -> Vec<u8> {
+    /// The JSON of `GET /__stats`; with `with_keys`, also the per-key records and attempts;
+    /// with `with_uploads`, the chunked uploads.
+    pub(crate) fn stats_json(&self, with_keys: bool, with_uploads: bool) -> Vec<u8> {
         let (window_start, window_count, max_window_count) = {
             let w = lock(&self.window);
             (w.start_ms, w.count, w.max_count)
@@ -256,6 +372,7 @@ impl Sim {
             max_window_count,
             book: &book,
             with_keys,
+            with_uploads,
         };
         serde_json::to_vec(&stats).unwrap_or_else(|_| b"{}".to_vec())
     }
@@ -268,6 +385,7 @@ struct Stats<'a> {
     max_window_count: u64,
     book: &'a KeyBook,
     with_keys: bool,
+    with_uploads: bool,
 }
 
 impl Serialize for Stats<'_> {
@@ -286,6 +404,9 @@ impl Serialize for Stats<'_> {
             map.serialize_entry("keys", &self.book.records)?;
             map.serialize_entry("attempts", &self.book.attempts)?;
         }
+        if self.with_uploads {
+            map.serialize_entry("uploads", &self.sim.uploads)?;
+        }
         map.end()
     }
 }
@@ -298,7 +419,7 @@ fn now_ms() -> u64 {
 }
 
 /// A panic elsewhere must not turn every later request into a panic too: the maps stay usable.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

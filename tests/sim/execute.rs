@@ -111,3 +111,87 @@ async fn hash_off_records_size_without_sha256() {
         [&json!(1001), &Value::Null, &Value::Null]
     );
 }
+
+#[tokio::test]
+async fn the_trace_context_of_each_execute_is_recorded_under_its_key() {
+    for name in [ProfileName::Seed, ProfileName::Genesys] {
+        let sim = start(profile(name)).await;
+        let body = match name {
+            ProfileName::Genesys => {
+                json!({"binaryPayload": "aGk=", "contentType": "text/plain"}).to_string()
+            }
+            _ => sample(),
+        };
+        let first = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let retry = "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01";
+        let traced = |parent: &str| {
+            sim.post("da", Some("traced"))
+                .header("traceparent", parent)
+                .header("tracestate", "vendor=abc")
+                .body(body.clone())
+        };
+        assert!(traced(first).send().await.unwrap().status().is_success());
+        assert!(traced(retry).send().await.unwrap().status().is_success());
+        let only_parent = sim
+            .post("da", Some("parent-only"))
+            .header("traceparent", first);
+        assert!(
+            only_parent
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .is_success()
+        );
+        assert!(
+            sim.post("da", Some("untraced"))
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .is_success()
+        );
+        let keys = &sim.stats().await["keys"];
+        assert_eq!(
+            keys["traced"]["trace"],
+            json!([{"traceparent": first, "tracestate": "vendor=abc"},
+                   {"traceparent": retry, "tracestate": "vendor=abc"}]),
+            "{name:?}"
+        );
+        assert_eq!(
+            keys["parent-only"]["trace"],
+            json!([{"traceparent": first}])
+        );
+        assert!(
+            keys["untraced"].get("trace").is_none(),
+            "{name:?}: {}",
+            keys["untraced"]
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_nested_body_takes_the_configured_field_names() {
+    let sim = start(SimConfig {
+        payload_field: "document".into(),
+        content_type_field: "mime".into(),
+        ..SimConfig::default()
+    })
+    .await;
+    let renamed = json!({"inputs": {"document": {"value": "aGk=", "mime": "text/plain"},
+        "metadata": {"k": "v"}}});
+    let (status, _) = sim.exec("da", "renamed", renamed.to_string()).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let answer = sim.exec("da", "v1-names", sample()).await;
+    let refused = json!({"error": "invalid base64 payload"});
+    assert_eq!(answer, (StatusCode::BAD_REQUEST, refused));
+    let stats = sim.stats().await;
+    let record = &stats["keys"]["renamed"];
+    assert_eq!(
+        [&record["contentType"], &record["size"]],
+        [&json!("text/plain"), &json!(2)]
+    );
+    assert!(stats["keys"].get("v1-names").is_none());
+}

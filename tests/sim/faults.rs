@@ -189,3 +189,51 @@ async fn a_client_that_hangs_up_during_latency_is_still_recorded() {
         [1, 1, 0]
     );
 }
+
+#[tokio::test]
+async fn the_v1_knobs_work_in_every_profile() {
+    for name in [ProfileName::Seed, ProfileName::Genesys, ProfileName::Cxone] {
+        let sim = start(SimConfig {
+            latency_ms: 300,
+            fail_first: 1,
+            ..profile(name)
+        })
+        .await;
+        let keys: Vec<String> = (0..3).map(|i| format!("k{i}")).collect();
+        let run = |key: &str| sim.post("da", Some(key)).body(sim.sample_body()).send();
+        let firsts = futures_util::future::join_all(keys.iter().map(|key| run(key))).await;
+        for answer in firsts {
+            assert_eq!(
+                answer.unwrap().status(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{name:?}"
+            );
+        }
+        let seconds = futures_util::future::join_all(keys.iter().map(|key| run(key))).await;
+        for answer in seconds {
+            assert!(answer.unwrap().status().is_success(), "{name:?}");
+        }
+        let stats = sim.stats().await;
+        assert_eq!(
+            [
+                &stats["max_in_flight"],
+                &stats["server_errors"],
+                &stats["accepted"]
+            ],
+            [3, 3, 3]
+        );
+        assert_eq!(
+            stats["attempts"],
+            json!({"k0": 2, "k1": 2, "k2": 2}),
+            "{name:?}"
+        );
+
+        let always = start(SimConfig {
+            fail_5xx: 1.0,
+            ..profile(name)
+        })
+        .await;
+        let (status, _) = always.exec("da", "x", always.sample_body()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{name:?}");
+    }
+}
