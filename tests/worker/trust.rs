@@ -47,7 +47,7 @@ fn state_of(properties: &BasicProperties) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_header_of_a_real_retry_copy_on_another_body_is_a_new_job() {
-    let mut w = failing_first().await;
+    let w = failing_first().await;
     w.publish(&job("genuine", &w.file("g.pdf", &pdf(100)))).await;
     let genuine = retry_copy(&w).await;
     assert_eq!(state_of(&genuine.delivery.properties)["attempts"], 1);
