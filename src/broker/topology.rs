@@ -474,7 +474,7 @@ mod tests {
     #[test]
     fn deploy_definitions_match_the_code() {
         let shipped: Value =
-            serde_json::from_str(include_str!("../../deploy/rabbitmq-definitions.json")).unwrap();
+            serde_json::from_str(include_str!("../../deploy/rabbitmq/rabbitmq-definitions.json")).unwrap();
         assert_eq!(shipped, topo().definitions("/"));
     }
 
