@@ -140,6 +140,8 @@ promtool check config "$scratch/prometheus.yml" | sed "s#$scratch/##; s/^/  /"
 "$PY" "$CHECKS" dashboard
 
 section "cargo deny (offline)"
+# cargo deny reads the graph with `cargo metadata`, which needs every crate downloaded.
+cargo fetch --locked --quiet
 advisories="NOT CHECKED: no RustSec database on this machine (set CXONE_ADVISORY_DB to a clone of rustsec/advisory-db)"
 source="$(advisory_source)"
 if [ -n "$source" ]; then

@@ -1,0 +1,623 @@
+//! The deployment files stay true to the code: every metric the dashboard and the alert
+//! rules read is one the worker exports, every variable the compose file and the
+//! Kubernetes manifests set is one the worker reads, the grace periods outlast
+//! `SHUTDOWN_GRACE`, and KEDA watches the jobs queue the worker consumes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use cxone_worker::broker::topology::Topology;
+use cxone_worker::config::parse_duration;
+use cxone_worker::telemetry::names::{self, Kind};
+use serde::Deserialize;
+use serde_json::Value as Json;
+use serde_norway::Value as Yaml;
+
+/// Standard process metrics of the exporter, and Prometheus's own series per target.
+const PROCESS_METRICS: &[&str] = &[
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_open_fds",
+    "process_max_fds",
+    "process_start_time_seconds",
+    "up",
+];
+
+/// Added by this wave; remove once in --help. Settings the other branches of this wave
+/// add to `run`, which the deployment files already set.
+const ADDED_BY_THIS_WAVE: &[&str] = &[
+    "API_PROFILE",
+    "CXONE_TOKEN_URL",
+    "CXONE_ISSUER",
+    "CXONE_ACCESS_KEY_ID",
+    "CXONE_ACCESS_KEY_SECRET",
+    "CXONE_ACCESS_KEY_SECRET_FILE",
+    "PAYLOAD_FIELD",
+    "CONTENT_TYPE_FIELD",
+    "MAX_REQUEST_BYTES",
+    "CHUNKING",
+    "MAX_CONCURRENT_CALLS",
+    "LIMIT_SCOPE",
+    "MAX_JOB_BYTES",
+    "OTEL_SERVICE_NAME",
+];
+
+fn read(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+fn yaml(path: &str) -> Yaml {
+    serde_norway::from_str(&read(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn yaml_docs(path: &str) -> Vec<Yaml> {
+    let text = read(path);
+    serde_norway::Deserializer::from_str(&text)
+        .map(|doc| Yaml::deserialize(doc).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .collect()
+}
+
+fn text(value: &Yaml) -> &str {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("expected a string, found {value:?}"))
+}
+
+// --- metric names ------------------------------------------------------------------
+
+/// Words of PromQL that are not metric names when they stand alone (aggregations stand
+/// so before `by (…)`).
+const KEYWORDS: &[&str] = &[
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "atan2",
+];
+/// Keywords whose parenthesised list holds label names, not expressions.
+const LABEL_LISTS: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
+
+/// Index just past the bracket that closes the one at `open`, skipping quoted strings.
+fn closing(chars: &[char], open: usize) -> usize {
+    let (start, end) = (chars[open], matching(chars[open]));
+    let mut depth = 0;
+    let mut i = open;
+    while i < chars.len() {
+        match chars[i] {
+            '"' | '\'' | '`' => i = past_string(chars, i) - 1,
+            c if c == start => depth += 1,
+            c if c == end => {
+                depth -= 1;
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    panic!("unclosed {start} in {}", chars.iter().collect::<String>());
+}
+
+fn matching(open: char) -> char {
+    match open {
+        '(' => ')',
+        '{' => '}',
+        '[' => ']',
+        other => panic!("{other} opens nothing"),
+    }
+}
+
+fn past_string(chars: &[char], open: usize) -> usize {
+    let quote = chars[open];
+    let mut i = open + 1;
+    while i < chars.len() && chars[i] != quote {
+        i += if chars[i] == '\\' { 2 } else { 1 };
+    }
+    i + 1
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == ':'
+}
+
+/// The metric names an expression selects. Label matchers, ranges, strings, numbers,
+/// functions, keywords and label lists are skipped; whatever else is a name, so a word
+/// this reading does not place shows up as an unknown metric rather than as nothing.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let chars: Vec<char> = expr.chars().collect();
+    let mut found = BTreeSet::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '{' || c == '[' {
+            i = closing(&chars, i);
+        } else if c == '"' || c == '\'' || c == '`' {
+            i = past_string(&chars, i);
+        } else if c.is_ascii_digit() || c == '.' || c == '$' {
+            // Numbers, durations (5m, 1h30m) and Grafana variables.
+            i += 1;
+            while i < chars.len() && (is_name_char(chars[i]) || chars[i] == '.') {
+                i += 1;
+            }
+        } else if is_name_char(c) {
+            let start = i;
+            while i < chars.len() && is_name_char(chars[i]) {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let mut next = i;
+            while next < chars.len() && chars[next].is_whitespace() {
+                next += 1;
+            }
+            let call = next < chars.len() && chars[next] == '(';
+            if call && LABEL_LISTS.contains(&word.as_str()) {
+                i = closing(&chars, next);
+            } else if call && word == "label_values" {
+                // Grafana's label_values(selector, label): only the selector names a metric.
+                let end = closing(&chars, next);
+                let args: String = chars[next + 1..end - 1].iter().collect();
+                let selector = args.rsplit_once(',').map_or(args.as_str(), |(s, _)| s);
+                found.extend(metric_names(selector));
+                i = end;
+            } else if !call && !KEYWORDS.contains(&word.as_str()) {
+                found.insert(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    found
+}
+
+/// The exported metric a series name belongs to: `_bucket`, `_sum` and `_count` are
+/// series of a histogram, and of nothing else.
+fn exported(series: &str) -> Option<&'static str> {
+    let known = |name: &str| names::ALL.iter().find(|(n, _, _)| *n == name);
+    if let Some((name, _, _)) = known(series) {
+        return Some(name);
+    }
+    ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
+        let (name, kind, _) = known(series.strip_suffix(suffix)?)?;
+        (*kind == Kind::Histogram).then_some(*name)
+    })
+}
+
+fn collect_exprs(value: &Json, out: &mut Vec<String>) {
+    match value {
+        Json::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("expr" | "definition", Json::String(s)) => out.push(s.clone()),
+                    _ => collect_exprs(v, out),
+                }
+            }
+        }
+        Json::Array(items) => items.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
+}
+
+fn rule_exprs(rules_file: &Yaml) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for group in rules_file["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let name = rule
+                .get("alert")
+                .or_else(|| rule.get("record"))
+                .expect("a name");
+            out.push((text(name).to_owned(), text(&rule["expr"]).to_owned()));
+        }
+    }
+    out
+}
+
+#[test]
+fn metric_reading_finds_names_and_nothing_else() {
+    let expr = r#"sum by (le, queue) (rate(cxone_a_bucket{queue="jobs", x=~"a|b"}[5m]))
+        / on(instance) group_left(version) cxone_b offset 1h
+        and absent(up{job="w"} == 1) or vector(0) > bool 0.5e3
+        unless histogram_quantile(0.9, cxone_c{l="}"}) - time() * $job"#;
+    assert_eq!(
+        metric_names(expr),
+        BTreeSet::from(["cxone_a_bucket", "cxone_b", "up", "cxone_c"].map(String::from))
+    );
+    assert_eq!(
+        metric_names(r#"label_values(cxone_build_info{job="$job"}, instance)"#),
+        BTreeSet::from(["cxone_build_info".to_owned()])
+    );
+    // A misspelt name is read as a name, and so reported.
+    assert!(metric_names("rate(cxone_job_total[5m])").contains("cxone_job_total"));
+    assert_eq!(
+        exported("cxone_job_duration_seconds_bucket"),
+        Some(names::JOB_DURATION)
+    );
+    assert_eq!(
+        exported("cxone_jobs_total_count"),
+        None,
+        "a counter has no _count"
+    );
+}
+
+#[test]
+fn dashboard_and_alerts_read_only_exported_metrics() {
+    let dashboard: Json =
+        serde_json::from_str(&read("deploy/grafana/dashboards/cxone-worker.json"))
+            .expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    let mut sources: Vec<(String, String)> = exprs
+        .into_iter()
+        .map(|e| ("dashboard".to_owned(), e))
+        .collect();
+    sources.extend(rule_exprs(&yaml("deploy/prometheus/alerts.yml")));
+    assert!(
+        sources.len() > 30,
+        "{} expressions: the files were not read",
+        sources.len()
+    );
+
+    let mut unknown = BTreeMap::new();
+    let mut used = BTreeSet::new();
+    for (source, expr) in &sources {
+        let found = metric_names(expr);
+        assert!(!found.is_empty(), "{source}: no metric in {expr}");
+        for series in found {
+            match exported(&series) {
+                Some(name) => {
+                    used.insert(name);
+                }
+                None if PROCESS_METRICS.contains(&series.as_str()) => {}
+                None => {
+                    unknown.insert(series, source.clone());
+                }
+            }
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "not exported by the worker (src/telemetry.rs names::ALL): {unknown:?}"
+    );
+    assert!(
+        used.len() >= 20,
+        "the dashboard shows only {} of the worker's metrics",
+        used.len()
+    );
+}
+
+// --- environment -------------------------------------------------------------------
+
+fn help(subcommand: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_cxone-worker"))
+        .args([subcommand, "--help"])
+        .output()
+        .expect("the binary runs");
+    assert!(out.status.success(), "{subcommand} --help failed");
+    // clap wraps lines anywhere, `[env:` and `[default:` included: read it as one line.
+    let text = String::from_utf8(out.stdout).expect("help is UTF-8");
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Variables a subcommand reads: every `[env: NAME` of its --help, and RUST_LOG when the
+/// help names it (the log filter reads it, outside clap).
+fn known_variables(subcommand: &str) -> BTreeSet<String> {
+    let text = help(subcommand);
+    let mut known: BTreeSet<String> = text
+        .split("[env: ")
+        .skip(1)
+        .map(|rest| {
+            rest.chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect()
+        })
+        .collect();
+    if text.contains("RUST_LOG") {
+        known.insert("RUST_LOG".to_owned());
+    }
+    assert!(known.len() > 5, "{subcommand} --help lists {known:?}");
+    known
+}
+
+/// `NAME=value` lines of the settings ConfigMap's env file.
+fn settings_env() -> BTreeMap<String, String> {
+    read("deploy/kubernetes/worker.env")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (name, value) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("worker.env: {l}"));
+            (name.to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+fn worker_container(deployment: &Yaml) -> &Yaml {
+    let containers = deployment["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .expect("containers");
+    assert_eq!(containers.len(), 1, "one container");
+    &containers[0]
+}
+
+fn container_env(container: &Yaml) -> BTreeMap<String, Yaml> {
+    container["env"]
+        .as_sequence()
+        .expect("env")
+        .iter()
+        .map(|e| (text(&e["name"]).to_owned(), e.clone()))
+        .collect()
+}
+
+/// Compose services that run the worker's image: the subcommand and the variables set.
+fn compose_worker_services(compose: &Yaml) -> Vec<(String, String, BTreeSet<String>)> {
+    let image = text(&compose["x-worker-image"]);
+    let mut out = Vec::new();
+    for (name, service) in compose["services"].as_mapping().expect("services") {
+        if service.get("image").and_then(Yaml::as_str) != Some(image) {
+            continue;
+        }
+        let subcommand = text(&service["command"][0]).to_owned();
+        let env = service["environment"]
+            .as_mapping()
+            .expect("environment as a map");
+        let vars = env.keys().map(|k| text(k).to_owned()).collect();
+        out.push((text(name).to_owned(), subcommand, vars));
+    }
+    out
+}
+
+fn assert_known(place: &str, vars: &BTreeSet<String>, known: &BTreeSet<String>) {
+    let strange: Vec<_> = vars
+        .iter()
+        .filter(|v| !known.contains(*v) && !ADDED_BY_THIS_WAVE.contains(&v.as_str()))
+        .collect();
+    assert!(
+        strange.is_empty(),
+        "{place} sets variables the worker does not read: {strange:?}"
+    );
+}
+
+#[test]
+fn deployment_files_set_only_variables_the_worker_reads() {
+    let run = known_variables("run");
+    let compose = yaml("docker-compose.yml");
+    let services = compose_worker_services(&compose);
+    let names: Vec<&str> = services.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["sim", "worker"],
+        "the services that run the worker's image"
+    );
+    for (name, subcommand, vars) in &services {
+        let known = known_variables(subcommand);
+        assert_known(&format!("docker-compose.yml service {name}"), vars, &known);
+    }
+    let settings: BTreeSet<String> = settings_env().into_keys().collect();
+    assert_known("deploy/kubernetes/worker.env", &settings, &run);
+    let deployment = yaml("deploy/kubernetes/deployment.yaml");
+    let env: BTreeSet<String> = container_env(worker_container(&deployment))
+        .into_keys()
+        .collect();
+    assert_known("deploy/kubernetes/deployment.yaml", &env, &run);
+}
+
+// --- shutdown, scaling, hardening ---------------------------------------------------
+
+/// SHUTDOWN_GRACE's default, as `run --help` states it (one value, the code's).
+fn default_shutdown_grace() -> Duration {
+    let text = help("run");
+    let after = text
+        .split("[env: SHUTDOWN_GRACE=]")
+        .nth(1)
+        .expect("SHUTDOWN_GRACE in --help");
+    let default = after
+        .split("[default: ")
+        .nth(1)
+        .and_then(|d| d.split(']').next());
+    parse_duration(default.expect("a default")).expect("a duration")
+}
+
+fn duration(raw: &str) -> Duration {
+    parse_duration(raw).unwrap_or_else(|| panic!("{raw:?} is not a duration"))
+}
+
+#[test]
+fn grace_periods_outlast_shutdown_grace() {
+    let deployment = yaml("deploy/kubernetes/deployment.yaml");
+    let env = container_env(worker_container(&deployment));
+    let configured = env
+        .get("SHUTDOWN_GRACE")
+        .map(|e| text(&e["value"]).to_owned())
+        .or_else(|| settings_env().get("SHUTDOWN_GRACE").cloned());
+    let grace = configured.map_or_else(default_shutdown_grace, |g| duration(&g));
+    let period = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("terminationGracePeriodSeconds");
+    assert!(
+        Duration::from_secs(period) > grace,
+        "terminationGracePeriodSeconds {period} does not outlast SHUTDOWN_GRACE {grace:?}"
+    );
+
+    let compose = yaml("docker-compose.yml");
+    let worker = &compose["services"]["worker"];
+    let grace = worker["environment"]
+        .get("SHUTDOWN_GRACE")
+        .map_or_else(default_shutdown_grace, |g| duration(text(g)));
+    let stop = duration(text(&worker["stop_grace_period"]));
+    assert!(
+        stop > grace,
+        "stop_grace_period {stop:?} does not outlast SHUTDOWN_GRACE {grace:?}"
+    );
+}
+
+#[test]
+fn keda_scales_on_the_jobs_queue_the_worker_consumes() {
+    let prefix = settings_env()
+        .get("CXONE_QUEUE_PREFIX")
+        .cloned()
+        .unwrap_or_else(|| "cxone".to_owned());
+    let docs = yaml_docs("deploy/kubernetes/keda.yaml");
+    let scaled = docs
+        .iter()
+        .find(|d| d["kind"] == "ScaledObject")
+        .expect("a ScaledObject");
+    let triggers = scaled["spec"]["triggers"].as_sequence().expect("triggers");
+    assert_eq!(triggers.len(), 1);
+    let trigger = &triggers[0];
+    assert_eq!(trigger["type"], "rabbitmq");
+    let meta = &trigger["metadata"];
+    assert_eq!(text(&meta["queueName"]), Topology::new(&prefix, &[]).jobs());
+    assert_eq!(meta["mode"], "QueueLength");
+    assert_eq!(meta["protocol"], "amqp");
+    text(&meta["value"])
+        .parse::<u32>()
+        .expect("value: ready messages per replica");
+
+    let auth = docs
+        .iter()
+        .find(|d| d["kind"] == "TriggerAuthentication")
+        .expect("a TriggerAuthentication");
+    assert_eq!(
+        trigger["authenticationRef"]["name"],
+        auth["metadata"]["name"]
+    );
+    let deployment = yaml("deploy/kubernetes/deployment.yaml");
+    assert_eq!(
+        scaled["spec"]["scaleTargetRef"]["name"],
+        deployment["metadata"]["name"]
+    );
+    // KEDA reads the broker URL from the Secret the worker reads AMQP_URL from.
+    let env = container_env(worker_container(&deployment));
+    let worker_ref = &env["AMQP_URL"]["valueFrom"]["secretKeyRef"];
+    let keda_ref = &auth["spec"]["secretTargetRef"][0];
+    assert_eq!(keda_ref["parameter"], "host");
+    assert_eq!(
+        (&keda_ref["name"], &keda_ref["key"]),
+        (&worker_ref["name"], &worker_ref["key"])
+    );
+}
+
+#[test]
+fn the_pod_runs_locked_down_and_probed_on_the_admin_port() {
+    let deployment = yaml("deploy/kubernetes/deployment.yaml");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["runAsUser"], 10001);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let container = worker_container(&deployment);
+    let security = &container["securityContext"];
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["capabilities"]["drop"][0], "ALL");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    let port = &container["ports"][0];
+    assert_eq!(port["containerPort"], 9090);
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["port"], port["name"]);
+    }
+    let env = container_env(container);
+    assert_eq!(env["ADMIN_ADDR"]["value"], "0.0.0.0:9090");
+    assert!(
+        !env.contains_key("CXONE_CLIENT_SECRET"),
+        "the secret is a file, never a variable"
+    );
+    // The secret file lies in a mounted secret volume.
+    let file = text(&env["CXONE_CLIENT_SECRET_FILE"]["value"]);
+    let mounts = container["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts");
+    let mount = mounts
+        .iter()
+        .find(|m| file.starts_with(&format!("{}/", text(&m["mountPath"]))))
+        .expect("CXONE_CLIENT_SECRET_FILE is in a mounted volume");
+    let volumes = pod["volumes"].as_sequence().expect("volumes");
+    let volume = volumes
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("its volume");
+    assert!(
+        volume.get("secret").is_some(),
+        "{file} is not in a secret volume"
+    );
+}
+
+// --- alert rules --------------------------------------------------------------------
+
+#[test]
+fn prometheus_rule_carries_the_alert_rules() {
+    let alerts = yaml("deploy/prometheus/alerts.yml");
+    let rule = yaml("deploy/kubernetes/prometheusrule.yaml");
+    assert_eq!(rule["kind"], "PrometheusRule");
+    assert_eq!(
+        rule["spec"]["groups"], alerts["groups"],
+        "deploy/kubernetes/prometheusrule.yaml differs from deploy/prometheus/alerts.yml: \
+         python3 deploy/checks/deploy_checks.py prometheusrule --write"
+    );
+}
+
+#[test]
+fn every_alert_is_labelled_explained_and_unit_tested() {
+    let alerts = yaml("deploy/prometheus/alerts.yml");
+    let tests = read("deploy/prometheus/alerts_test.yml");
+    let mut count = 0;
+    for group in alerts["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let name = text(&rule["alert"]);
+            duration(text(&rule["for"]));
+            let severity = text(&rule["labels"]["severity"]);
+            assert!(
+                ["critical", "warning"].contains(&severity),
+                "{name}: severity {severity}"
+            );
+            for key in ["summary", "description", "runbook"] {
+                assert!(
+                    !text(&rule["annotations"][key]).is_empty(),
+                    "{name}: no {key}"
+                );
+            }
+            let tested = tests.matches(&format!("alertname: {name}\n")).count();
+            assert!(
+                tested >= 2,
+                "{name} is tested {tested} times: test it firing and quiet"
+            );
+            count += 1;
+        }
+    }
+    assert!(count >= 8, "{count} alerts");
+}
