@@ -64,6 +64,13 @@ install_promtool() {
   fi
 }
 
+install_compose() {
+  if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
+    echo "installing docker-compose (Debian's; its config command needs no engine)"
+    apt_install docker-compose
+  fi
+}
+
 install_cargo_deny() {
   if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]; then
     echo "installing cargo-deny $CARGO_DENY_VERSION (cargo install; a few minutes)"
@@ -113,6 +120,7 @@ section "tools"
 install_python_tools
 install_node_tools
 install_promtool
+install_compose
 install_cargo_deny
 PY="$VENV/bin/python"
 CHECKS=deploy/checks/deploy_checks.py

@@ -169,22 +169,25 @@ def check_schema(doc, node_modules):
 
 
 def bind_sources(service):
-    """(source, may_be_created) of every bind mount of a service."""
+    """The host path of every bind mount of a service (short syntax or long)."""
     for volume in service.get("volumes", []):
         if isinstance(volume, str):
             source = volume.split(":")[0]
-            if source.startswith((".", "/", "~")):
-                yield source, False
+            if source.startswith((".", "/", "~", "$")):
+                yield source
         elif volume.get("type") == "bind":
-            yield volume["source"], bool((volume.get("bind") or {}).get("create_host_path"))
+            yield volume["source"]
 
 
-def check_files(doc):
-    """Every file the stack mounts, builds from or reads a secret from exists."""
+def check_files(raw, doc):
+    """Every file the stack mounts, builds from or reads a secret from exists. A bind
+    mount whose path comes from a variable is the operator's directory, which Compose
+    creates when missing; one that names the repository's files must exist."""
     checked = 0
     for name, service in doc["services"].items():
-        for source, may_be_created in bind_sources(service):
-            if not (ROOT / source).exists() and not may_be_created:
+        given = list(bind_sources(raw["services"][name]))
+        for written, source in zip(given, bind_sources(service)):
+            if not (ROOT / source).exists() and "$" not in written:
                 raise Failure(f"docker-compose.yml: service {name} mounts {source}, which does not exist")
             checked += 1
         build = service.get("build")
@@ -198,7 +201,7 @@ def check_files(doc):
         if "file" in secret and not (ROOT / secret["file"]).is_file():
             raise Failure(f"docker-compose.yml: secret {name} reads {secret['file']}, which does not exist")
         checked += 1
-    say(f"{checked} mounted, built-from and secret files exist (a bind mount may be missing only with create_host_path)")
+    say(f"{checked} mounted, built-from and secret files exist (an operator's directory may be missing)")
 
 
 def seconds(duration):
@@ -247,19 +250,33 @@ def check_ports(doc):
     say(f"host ports {sorted(hosts)}: distinct, each with an address, none a local broker's or Prometheus's")
 
 
-def check_compose(args):
-    doc = interpolate(yaml.safe_load(COMPOSE.read_text()))
-    say("docker-compose.yml parses; every ${VAR} has a default")
-    check_schema(doc, args.node_modules)
-    check_files(doc)
-    check_services(doc)
-    check_ports(doc)
+def compose_parsers():
+    """The Compose implementations here: docker compose (v2, needs no engine for
+    `config`), else Debian's docker-compose 1.29, which validates against its own copy
+    of the specification."""
     docker = shutil.which("docker")
     if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
-        run([docker, "compose", "-f", str(COMPOSE), "config", "--quiet"], cwd=ROOT)
-        say("docker compose config accepts it")
-    else:
-        say("docker compose is not installed here: its own parser was not run")
+        return "docker compose", [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    if legacy:
+        return "docker-compose 1.29 (Debian)", [legacy]
+    return None, None
+
+
+def check_compose(args):
+    raw = yaml.safe_load(COMPOSE.read_text())
+    doc = interpolate(raw)
+    say("docker-compose.yml parses; every ${VAR} has a default")
+    check_schema(doc, args.node_modules)
+    check_files(raw, doc)
+    check_services(doc)
+    check_ports(doc)
+    label, command = compose_parsers()
+    if not command:
+        raise Failure("no Compose implementation installed (scripts/check-deploy.sh installs one)")
+    # An empty environment: the defaults, not the caller's variables, are checked.
+    run([*command, "-f", str(COMPOSE), "config", "--quiet"], cwd=ROOT, env={"PATH": os.environ["PATH"]})
+    say(f"{label} config accepts it")
 
 
 # --- dashboard and rules ----------------------------------------------------------
