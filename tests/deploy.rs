@@ -17,7 +17,7 @@ use serde_norway::Value as Yaml;
 
 #[path = "deploy/promql.rs"]
 mod promql;
-use promql::metric_names;
+use promql::{metric_names, reading};
 
 /// Standard process metrics of the exporter, and Prometheus's own series per target.
 const PROCESS_METRICS: &[&str] = &[
@@ -130,8 +130,8 @@ fn histogram_series_belong_to_histograms_only() {
     assert_eq!(exported("cxone_jobs_totl"), None);
 }
 
-#[test]
-fn dashboard_and_alerts_read_only_exported_metrics() {
+/// (where, expression) of every query of the dashboard and every alert rule.
+fn expressions() -> Vec<(String, String)> {
     let dashboard: Json =
         serde_json::from_str(&read("deploy/grafana/dashboards/cxone-worker.json"))
             .expect("the dashboard is JSON");
@@ -147,7 +147,119 @@ fn dashboard_and_alerts_read_only_exported_metrics() {
         "{} expressions: the files were not read",
         sources.len()
     );
+    sources
+}
 
+/// A label's documented values; `None` when the comment does not list them.
+type Values = Option<BTreeSet<String>>;
+
+/// The labels src/telemetry.rs documents on each metric's constant: "by `label`", or
+/// "labelled with the crate `version`", with the values when a list in parentheses
+/// follows ("by `answer` (2xx, 401, …)").
+fn documented_labels() -> BTreeMap<String, BTreeMap<String, Values>> {
+    let mut out = BTreeMap::new();
+    let mut doc = String::new();
+    for line in read("src/telemetry.rs").lines().map(str::trim) {
+        if let Some(text) = line.strip_prefix("///") {
+            doc.push_str(text);
+            doc.push(' ');
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("pub const ")
+            && let Some((_, metric)) = rest.split_once("= \"")
+        {
+            let metric = metric.trim_end_matches("\";");
+            out.insert(metric.to_owned(), labels_in(&doc));
+        }
+        doc.clear();
+    }
+    assert!(
+        out.len() >= names::ALL.len(),
+        "src/telemetry.rs was not read: {out:?}"
+    );
+    out
+}
+
+fn labels_in(doc: &str) -> BTreeMap<String, Values> {
+    let mut labels = BTreeMap::new();
+    let parts: Vec<&str> = doc.split('`').collect();
+    // Odd parts are the backticked words; the part before says whether it is a label.
+    for i in (1..parts.len()).step_by(2) {
+        let before = parts[i - 1];
+        if !(before.ends_with("by ") || before.ends_with("with the crate ")) {
+            continue;
+        }
+        let after = parts.get(i + 1).copied().unwrap_or("");
+        let values = after
+            .strip_prefix(" (")
+            .and_then(|list| list.split_once(')'))
+            .and_then(|(list, _)| {
+                list.split(',')
+                    .map(|item| item.split(':').next().unwrap_or("").trim())
+                    .map(|v| {
+                        v.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                            .then(|| v.to_owned())
+                    })
+                    .collect::<Option<BTreeSet<String>>>()
+            });
+        labels.insert(parts[i].to_owned(), values);
+    }
+    labels
+}
+
+#[test]
+fn dashboard_and_alerts_use_documented_labels_and_values() {
+    let documented = documented_labels();
+    let answers = documented[names::EXECUTE_CALLS]["answer"]
+        .as_ref()
+        .expect("answer's values");
+    assert!(
+        answers.contains("429") && answers.contains("transport_error"),
+        "{answers:?}"
+    );
+    let mut wrong = Vec::new();
+    for (source, expr) in expressions() {
+        let read = reading(&expr);
+        // Target labels take any value; `le` belongs to histogram buckets.
+        let mut allowed: BTreeMap<String, Values> = [("job", None), ("instance", None)]
+            .map(|(l, v)| (l.to_owned(), v))
+            .into();
+        for series in &read.metrics {
+            if series.ends_with("_bucket") {
+                allowed.insert("le".to_owned(), None);
+            }
+            for (label, values) in exported(series)
+                .and_then(|m| documented.get(m))
+                .into_iter()
+                .flatten()
+            {
+                allowed.insert(label.clone(), values.clone());
+            }
+        }
+        for used in read.labels {
+            match allowed.get(&used.label) {
+                None => wrong.push(format!("{source}: label {} in {expr}", used.label)),
+                Some(Some(values)) => wrong.extend(
+                    used.values
+                        .iter()
+                        .filter(|v| !values.contains(*v))
+                        .map(|v| format!("{source}: {}=\"{v}\" in {expr}", used.label)),
+                ),
+                Some(None) => {}
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "labels or values src/telemetry.rs does not document:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn dashboard_and_alerts_read_only_exported_metrics() {
+    let sources = expressions();
     let mut unknown = BTreeMap::new();
     let mut used = BTreeSet::new();
     for (source, expr) in &sources {
