@@ -90,20 +90,21 @@ advisory_source() {
 }
 
 # Puts the database where deny.toml's db-path expects it, as the git repository
-# cargo-deny requires (it dates the database by its HEAD commit).
+# cargo-deny requires. cargo-deny dates a database by its last fetch, or by the later
+# of its HEAD commit and HEAD file: a copy made now from an old snapshot would pass
+# for fresh, so the copy's HEAD file is dated by the snapshot itself, and
+# maximum-db-staleness (deny.toml) measures the snapshot's real age.
 prepare_advisories() {
-  local source="$1"
+  local source="$1" date
   if git -C "$source" rev-parse --git-dir >/dev/null 2>&1; then
-    local want
-    want="$(git -C "$source" rev-parse HEAD)"
-    if [ "$(git -C "$ADVISORY_DIR" rev-parse HEAD 2>/dev/null)" != "$want" ]; then
+    if [ "$(git -C "$ADVISORY_DIR" rev-parse HEAD 2>/dev/null)" != "$(git -C "$source" rev-parse HEAD)" ]; then
       rm -rf "$ADVISORY_DIR"
       git clone --quiet --depth 1 "file://$(cd "$source" && pwd)" "$ADVISORY_DIR"
     fi
+    date="$(git -C "$ADVISORY_DIR" log -1 --format=%cI)"
   else
-    # A plain copy of the database: commit it as of its own date (its SNAPSHOT file,
-    # else its newest advisory), so cargo-deny's staleness limit still means something.
-    local date
+    # A plain copy of the database (its crates/ directory): committed as of its date,
+    # from its SNAPSHOT-DATE file, else its newest advisory file.
     date="$(cat "$source/SNAPSHOT-DATE" 2>/dev/null || find "$source/crates" -name '*.md' -printf '%TY-%Tm-%TdT%TH:%TM:%TS\n' | sort | tail -1)"
     rm -rf "$ADVISORY_DIR" && mkdir -p "$ADVISORY_DIR"
     cp -R "$source/crates" "$ADVISORY_DIR/"
@@ -111,8 +112,9 @@ prepare_advisories() {
     git -C "$ADVISORY_DIR" add -A
     GIT_AUTHOR_DATE="$date" GIT_COMMITTER_DATE="$date" git -C "$ADVISORY_DIR" \
       -c user.name=check-deploy -c user.email=check-deploy@localhost commit --quiet -m snapshot
-    touch -d "$date" "$ADVISORY_DIR/.git/HEAD"
   fi
+  rm -f "$ADVISORY_DIR/.git/FETCH_HEAD"
+  touch -d "$date" "$ADVISORY_DIR/.git/HEAD"
   git -C "$ADVISORY_DIR" log -1 --format='%h of %cs'
 }
 
@@ -152,8 +154,13 @@ section "cargo deny (offline)"
 cargo fetch --locked --quiet
 advisories="NOT CHECKED: no RustSec database on this machine (set CXONE_ADVISORY_DB to a clone of rustsec/advisory-db)"
 source="$(advisory_source)"
-if [ -n "$source" ]; then
-  snapshot="$(prepare_advisories "$source")"
+if [ -n "$source" ] || [ -d "$ADVISORY_DIR/.git" ]; then
+  # Without a source, the copy a `cargo deny fetch` (with network) left in db-path.
+  if [ -n "$source" ]; then
+    snapshot="$(prepare_advisories "$source")"
+  else
+    source="$ADVISORY_DIR" snapshot="$(git -C "$ADVISORY_DIR" log -1 --format='%h of %cs')"
+  fi
   cargo deny --offline --color never check 2>&1 | sed 's/^/  /'
   advisories="checked against RustSec $snapshot ($source)"
 else
