@@ -103,9 +103,13 @@ prepare_advisories() {
     fi
     date="$(git -C "$ADVISORY_DIR" log -1 --format=%cI)"
   else
-    # A plain copy of the database (its crates/ directory): committed as of its date,
-    # from its SNAPSHOT-DATE file, else its newest advisory file.
-    date="$(cat "$source/SNAPSHOT-DATE" 2>/dev/null || find "$source/crates" -name '*.md' -printf '%TY-%Tm-%TdT%TH:%TM:%TS\n' | sort | tail -1)"
+    # A plain copy of the database (its crates/ directory) says in SNAPSHOT-DATE when
+    # it was taken (the upstream commit's date, RFC 3339): files' times say nothing.
+    if [ ! -f "$source/SNAPSHOT-DATE" ]; then
+      echo "$source has no SNAPSHOT-DATE: the database's age is unknown" >&2
+      return 1
+    fi
+    date="$(cat "$source/SNAPSHOT-DATE")"
     rm -rf "$ADVISORY_DIR" && mkdir -p "$ADVISORY_DIR"
     cp -R "$source/crates" "$ADVISORY_DIR/"
     git -C "$ADVISORY_DIR" init --quiet
@@ -157,7 +161,7 @@ source="$(advisory_source)"
 if [ -n "$source" ] || [ -d "$ADVISORY_DIR/.git" ]; then
   # Without a source, the copy a `cargo deny fetch` (with network) left in db-path.
   if [ -n "$source" ]; then
-    snapshot="$(prepare_advisories "$source")"
+    snapshot="$(prepare_advisories "$source")" || exit 1
   else
     source="$ADVISORY_DIR" snapshot="$(git -C "$ADVISORY_DIR" log -1 --format='%h of %cs')"
   fi
