@@ -13,6 +13,7 @@ scripts/test-servers.sh
 export PATH="$PWD/.tools/bin:$PATH"
 
 cargo test --all-targets
+scripts/check-deploy.sh
 cargo build --release
 conformance="${CONFORMANCE_DIR:-../shared/conformance}"
 if [ ! -f "$conformance/run.py" ]; then

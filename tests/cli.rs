@@ -160,7 +160,7 @@ fn definitions_match_the_shipped_file() {
     assert!(out.status.success());
     let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
     let shipped: Value =
-        serde_json::from_str(include_str!("../deploy/rabbitmq-definitions.json")).unwrap();
+        serde_json::from_str(include_str!("../deploy/rabbitmq/rabbitmq-definitions.json")).unwrap();
     assert_eq!(printed, shipped);
     let custom: Value = serde_json::from_slice(
         &worker(

@@ -538,8 +538,10 @@ mod tests {
     /// The shipped definitions file is this module's output, not a copy kept by hand.
     #[test]
     fn deploy_definitions_match_the_code() {
-        let shipped: Value =
-            serde_json::from_str(include_str!("../../deploy/rabbitmq-definitions.json")).unwrap();
+        let shipped: Value = serde_json::from_str(include_str!(
+            "../../deploy/rabbitmq/rabbitmq-definitions.json"
+        ))
+        .unwrap();
         assert_eq!(shipped, topo().definitions("/"));
     }
 
