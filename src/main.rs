@@ -68,8 +68,29 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// Threads' stack: a producer may nest header tables as deep as one AMQP frame
+/// allows (~21,000 levels in 128 KiB), and lapin parses, clones, serializes and
+/// drops them recursively: on its I/O thread and on the job tasks' threads. Release
+/// builds need ~32 MiB for that, unoptimized ones ~512 MiB; with the default 2 MiB a
+/// 200-deep header crashed the process. Stacks are reserved address space, paid in
+/// memory only as deep as a thread really goes. An explicit `RUST_MIN_STACK` wins.
+const THREAD_STACK: usize = if cfg!(debug_assertions) {
+    1 << 30
+} else {
+    64 << 20
+};
+
+fn size_thread_stacks() {
+    if std::env::var_os("RUST_MIN_STACK").is_none() {
+        // SAFETY: called first thing in main, before any other thread exists, so
+        // nothing reads the environment concurrently.
+        unsafe { std::env::set_var("RUST_MIN_STACK", THREAD_STACK.to_string()) };
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     limit_malloc_arenas();
+    size_thread_stacks();
     let cli = Cli::parse();
     let format = config::log_format(&cli.log_format).unwrap_or_else(|e| refuse(e));
     let runtime = tokio::runtime::Runtime::new()?;

@@ -302,10 +302,12 @@ impl TokenCache {
                 ),
             ));
         }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| Failure::retryable(format!("token answer cut short: {}", super::transport_message(&e))))?;
+        let body = response.bytes().await.map_err(|e| {
+            Failure::retryable(format!(
+                "token answer cut short: {}",
+                super::transport_message(&e)
+            ))
+        })?;
         let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| {
             // JSON is not quoted: a token answer of another shape may hold secrets.
             let what = match serde_json::from_slice::<serde_json::Value>(&body) {

@@ -208,7 +208,9 @@ pub fn replay_copy(topology: &Topology, properties: &BasicProperties, body: &[u8
         exchange: String::new(),
         routing_key: topology.jobs(),
         body: body.to_vec(),
-        properties: properties.clone().with_headers(headers_without(&old, dropped)),
+        properties: properties
+            .clone()
+            .with_headers(headers_without(&old, dropped)),
     }
 }
 
