@@ -460,3 +460,52 @@ async fn status_counts_what_the_workers_hold() {
     assert_eq!(worker["consuming"], true);
     assert!(worker["paused"].is_null());
 }
+
+/// The `summary` log line of the worker's last run, as JSON fields.
+fn summary(logs: &str) -> Value {
+    let line = logs
+        .lines()
+        .rev()
+        .find(|l| l.contains(r#""message":"summary""#))
+        .expect("a summary at shutdown");
+    serde_json::from_str::<Value>(line).unwrap()["fields"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shutdown_summary_counts_what_it_says() {
+    let mut w = Worker::new(SimConfig::default(), &[]).await;
+    w.start().await;
+    let (code, _) = w.stop(Duration::from_secs(10));
+    assert_eq!(code, 0);
+    let idle = summary(&w.logs());
+    assert_eq!(idle["total_executions"], 0, "{idle}");
+    assert_eq!(idle["successful_encodings"], 0);
+    assert!(
+        idle.get("conversion_accuracy_rate").is_none() && idle.get("average_latency_ms").is_none(),
+        "a run that completed nothing prints no rate: {idle}"
+    );
+
+    // Two files encode and run (one after a 503: two calls), one is refused by
+    // type, one names a file that is not there (never encoded).
+    w.restart_sim(SimConfig {
+        fail_first: 1,
+        ..w.sim_config.clone()
+    })
+    .await;
+    w.start().await;
+    w.publish(&job("s-1", &w.file("1.pdf", &pdf(10)))).await;
+    w.publish(&json!({"job_id": "s-2", "file": w.file("2.png", PNG), "content_type": "application/pdf"}))
+        .await;
+    w.publish(&job("s-3", &format!("file://{}/none.pdf", w.root().display())))
+        .await;
+    let got = w.results(3, Duration::from_secs(30)).await;
+    assert_eq!(got.iter().filter(|g| g.routing_key == "job.succeeded").count(), 1);
+    w.stop(Duration::from_secs(10));
+    let stats = w.stats().await;
+    let s = summary(&w.logs());
+    assert_eq!(s["total_executions"], stats["execute_requests"], "API calls: {s}");
+    assert_eq!(s["total_executions"], 2);
+    assert_eq!(s["successful_encodings"], 2, "each delivery of s-1 encoded it: {s}");
+    assert_eq!(s["failed_encodings"], 1, "{s}");
+    assert_eq!(s["conversion_accuracy_rate"], "0.6667");
+}

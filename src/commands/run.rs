@@ -22,6 +22,27 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     serve(settings, crate::shutdown::on_signal(), |_| {}).await
 }
 
+/// The job logic with everything it needs, as `settings` say (tests build one to
+/// call `Worker::process` without a broker).
+pub fn worker(settings: &Settings) -> anyhow::Result<Worker> {
+    let client = Client::new(&settings.api, usize::from(settings.concurrency))
+        .context("building the HTTP client")?;
+    let storage = settings
+        .storage
+        .as_ref()
+        .map(Storage::new)
+        .transpose()
+        .context("EXTERNAL_STORAGE_ENDPOINT")?;
+    Ok(Worker {
+        sources: Sources::new(&settings.files)?,
+        client: Arc::new(client),
+        storage,
+        budget: ByteBudget::new(settings.max_inflight_bytes),
+        config: WorkerConfig::from_settings(settings),
+        tally: Tally::default(),
+    })
+}
+
 /// Runs the worker until `shutdown` is cancelled; `bound` is told the admin address
 /// (tests bind port 0).
 pub async fn serve(
@@ -41,24 +62,8 @@ pub async fn serve(
         shutdown.clone().cancelled_owned(),
     ));
 
-    let client = Client::new(&settings.api, usize::from(settings.concurrency))
-        .context("building the HTTP client")?;
-    let storage = settings
-        .storage
-        .as_ref()
-        .map(Storage::new)
-        .transpose()
-        .context("EXTERNAL_STORAGE_ENDPOINT")?;
-    let sources = Sources::new(&settings.files)?;
+    let worker = Arc::new(worker(&settings)?);
     let state_key = StateKey::derive(&settings.api.client_secret, &settings.broker.prefix);
-    let worker = Arc::new(Worker {
-        sources,
-        client: Arc::new(client),
-        storage,
-        budget: ByteBudget::new(settings.max_inflight_bytes),
-        config: WorkerConfig::from_settings(&settings),
-        tally: Tally::default(),
-    });
     let consumer = Arc::new(Consumer {
         worker: worker.clone(),
         topology: Topology::new(&settings.broker.prefix, &settings.retry_delays),

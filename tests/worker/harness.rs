@@ -126,6 +126,54 @@ impl Worker {
         self.child = Some(child);
     }
 
+    /// `/readyz`'s status and body, `None` while the admin server does not answer.
+    pub async fn readyz(&self) -> Option<(u16, String)> {
+        let url = format!("http://{}/readyz", self.admin);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let answer = client.get(url).send().await.ok()?;
+        let status = answer.status().as_u16();
+        Some((status, answer.text().await.unwrap_or_default()))
+    }
+
+    /// Waits until `/readyz` says not ready for a reason that holds `why`.
+    pub async fn wait_not_ready_because(&mut self, why: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            self.assert_alive();
+            let answer = self.readyz().await;
+            if let Some((503, body)) = &answer
+                && body.contains(why)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/readyz never said {why:?} (last: {answer:?}):\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits for the worker to exit on its own; its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> i32 {
+        let mut child = self.child.take().expect("a running worker");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            if start.elapsed() > within {
+                let _ = child.kill();
+                panic!("worker still running after {within:?}:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub async fn ready_status(&self) -> Option<u16> {
         let url = format!("http://{}/readyz", self.admin);
         let client = reqwest::Client::builder()

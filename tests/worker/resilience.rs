@@ -8,10 +8,11 @@ use serde_json::json;
 
 use super::harness::{SECRET, Worker, close_worker_connection, job, pdf};
 use cxone_worker::broker::topology::{JOBS_DELIVERY_LIMIT, header_int, header_text, headers};
-use lapin::options::{BasicGetOptions, BasicNackOptions};
+use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn refused_credentials_pause_and_resume_by_themselves() {
+async fn a_wrong_secret_fails_readiness_before_any_job_is_taken() {
     let wrong = SimConfig {
         client_secret: "another-secret".into(),
         ..SimConfig::default()
@@ -24,7 +25,6 @@ async fn refused_credentials_pause_and_resume_by_themselves() {
     .await;
     w.spawn();
     w.wait_topology().await;
-    // Not ready: the worker consumes, meets the refusal, pauses.
     for i in 0..6 {
         w.publish(&job(
             &format!("cred-{i}"),
@@ -32,36 +32,23 @@ async fn refused_credentials_pause_and_resume_by_themselves() {
         ))
         .await;
     }
-    w.wait_readyz(503, Duration::from_secs(15)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        w.ready_status().await,
-        Some(503),
-        "/readyz must say not ready while paused"
-    );
-    assert_eq!(
-        w.depth("jobs.dlq").await,
-        0,
-        "refused credentials must not dead-letter jobs"
-    );
-    assert!(
-        w.drain("results", 1, Duration::from_millis(300))
-            .await
-            .is_empty()
-    );
-    assert_eq!(w.depth("jobs").await, 6, "every job is handed back");
-    assert_eq!(
-        w.consumers("jobs").await,
-        0,
-        "a paused worker does not consume"
-    );
+    // A rollout with a wrong secret: not ready from its first second, with the
+    // reason, and no job taken.
+    w.wait_not_ready_because("refuses the client credentials", Duration::from_secs(15))
+        .await;
+    let stats = w.stats().await;
+    assert!(stats["token_rejected"].as_u64() >= Some(1), "{stats}");
+    assert_eq!(stats["execute_requests"], 0, "no job was taken: {stats}");
+    assert_eq!(w.depth("jobs").await, 6);
+    assert_eq!(w.consumers("jobs").await, 0, "a paused worker does not consume");
+    assert_eq!(w.depth("jobs.dlq").await, 0);
     assert!(
         w.metrics()
             .await
             .contains(r#"cxone_paused{reason="credentials_refused"} 1"#)
     );
 
-    // The credentials are accepted again: the worker resumes without a restart.
+    // The credentials are accepted again: the worker starts by itself.
     w.restart_sim(SimConfig {
         client_id: "harness".into(),
         client_secret: SECRET.into(),
@@ -71,6 +58,108 @@ async fn refused_credentials_pause_and_resume_by_themselves() {
     let got = w.results(6, Duration::from_secs(60)).await;
     assert!(got.iter().all(|g| g.routing_key == "job.succeeded"));
     assert_eq!(w.ready_status().await, Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_credentials_met_while_running_pause_and_resume() {
+    let mut w = Worker::new(SimConfig::default(), &[]).await;
+    w.start().await;
+    let good = w.sim_config.clone();
+    // The secret is revoked: the cached token stops working, the refresh is refused.
+    w.restart_sim(SimConfig {
+        client_secret: "revoked".into(),
+        ..good.clone()
+    })
+    .await;
+    w.publish(&job("revoked-1", &w.file("r.pdf", &pdf(10)))).await;
+    w.wait_not_ready_because("refuses the client credentials", Duration::from_secs(15))
+        .await;
+    assert_eq!(w.depth("jobs.dlq").await, 0);
+    w.restart_sim(good).await;
+    let got = w.results(1, Duration::from_secs(60)).await;
+    assert_eq!(got[0].routing_key, "job.succeeded");
+    assert_eq!(got[0].body["attempts"], 1, "a hand-back is no attempt");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pause_reason_follows_the_latest_probe() {
+    let mut w = Worker::new(SimConfig::default(), &[("CXONE_UNREACHABLE_AFTER", "1")]).await;
+    w.start().await;
+    let good = w.sim_config.clone();
+    w.stop_sim().await;
+    w.publish(&job("probe-1", &w.file("p.pdf", &pdf(10)))).await;
+    w.wait_not_ready_because("unreachable", Duration::from_secs(30))
+        .await;
+    // The API answers again, but refuses the credentials: so says /readyz now.
+    w.restart_sim(SimConfig {
+        client_secret: "another-secret".into(),
+        ..good.clone()
+    })
+    .await;
+    w.wait_not_ready_because("refuses the client credentials", Duration::from_secs(40))
+        .await;
+    w.restart_sim(good).await;
+    let got = w.results(1, Duration::from_secs(60)).await;
+    assert_eq!(got[0].routing_key, "job.succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_url_that_gives_no_token_is_called_a_wrong_url() {
+    let mut w = Worker::new(SimConfig::default(), &[]).await;
+    let wrong = format!("{}/not-the-api", w.sim.url());
+    w.env.insert("CXONE_API_URL".into(), wrong);
+    w.spawn();
+    w.wait_not_ready_because("not as a token endpoint", Duration::from_secs(15))
+        .await;
+    assert!(w.logs().contains("404"), "the answer is in the log:\n{}", w.logs());
+    assert!(
+        w.metrics()
+            .await
+            .contains(r#"cxone_paused{reason="token_endpoint_invalid"} 1"#)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queue_declared_with_other_arguments_ends_run_with_one_line() {
+    let mut w = Worker::new(SimConfig::default(), &[]).await;
+    // An operator declared the jobs queue as a classic queue beforehand.
+    let ch = w.conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        w.q("jobs").into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    w.spawn();
+    let code = w.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, 2, "{}", w.logs());
+    let last = w.logs().lines().last().unwrap_or_default().to_owned();
+    assert!(
+        last.starts_with("cxone-worker: queue ") && last.contains(&w.q("jobs")),
+        "one line naming the queue: {last}"
+    );
+    assert!(last.contains("x-queue-type") || last.contains("inequivalent arg"), "{last}");
+    assert_eq!(w.logs().matches("cxone-worker: ").count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_virtual_host_the_broker_refuses_ends_run_with_one_line() {
+    let mut w = Worker::new(SimConfig::default(), &[]).await;
+    let url = crate::cleanup::amqp_url();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    w.env.insert("AMQP_URL".into(), format!("{base}/no-such-vhost"));
+    w.spawn();
+    let code = w.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, 2, "{}", w.logs());
+    let last = w.logs().lines().last().unwrap_or_default().to_owned();
+    assert!(
+        last.starts_with("cxone-worker: the broker refuses access to the virtual host"),
+        "{last}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -260,9 +349,20 @@ async fn a_broker_that_never_answers_does_not_hold_up_shutdown() {
     let url = format!("amqp://guest:guest@{}/%2f", silent.local_addr().unwrap());
     let mut w = Worker::new(SimConfig::default(), &[("AMQP_URL", &url)]).await;
     w.spawn();
-    // Give the worker time to connect and get stuck in the handshake.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    w.assert_alive();
+    // Wait until the worker's connection arrives: from then on it is stuck in the
+    // handshake.
+    silent.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let _held = loop {
+        match silent.accept() {
+            Ok((socket, _)) => break socket,
+            Err(_) => {
+                w.assert_alive();
+                assert!(std::time::Instant::now() < deadline, "the worker never connected");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
     assert_eq!(
         w.ready_status().await,
         Some(503),
