@@ -129,6 +129,41 @@ async fn short_lived_tokens_are_refreshed_before_they_expire() {
     assert_eq!(s["unauthorized"], 0, "{s}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_call_goes_out_with_a_token_that_expired_while_it_waited() {
+    // Tokens live 3 s; at 20 calls a minute the third of three callers waits 6 s for
+    // its slot. A token taken before that wait would be dead when the call goes out.
+    let handle = spawn(SimConfig {
+        token_ttl: 3,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let slow = ApiSettings {
+        rate_limit_per_minute: 20,
+        ..settings(&handle.url(), "test-secret")
+    };
+    let client = Arc::new(Client::new(&slow, 8).unwrap());
+    let started = Instant::now();
+    let calls: Vec<_> = ["t-1", "t-2", "t-3"]
+        .into_iter()
+        .map(|key| {
+            let client = client.clone();
+            tokio::spawn(async move { execute(&client, "act", key).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().expect("every call succeeds");
+    }
+    assert!(started.elapsed() >= Duration::from_secs(5), "the pace held");
+    let s = stats(&handle).await;
+    assert_eq!(
+        s["unauthorized"], 0,
+        "a call went out with an expired token: {s}"
+    );
+    assert_eq!(s["accepted"], 3);
+}
+
 #[tokio::test]
 async fn a_401_refreshes_the_token_once_and_repeats_the_call() {
     let (handle, client) = sim(SimConfig::default()).await;

@@ -80,7 +80,10 @@ const PDF: &[u8] = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\nsome bytes";
 async fn a_job_runs_and_records_without_a_broker() {
     let s = setup(SimConfig::default(), &[]).await;
     let job = json!({"job_id": "p-1", "file": s.file("a.pdf", PDF)});
-    let report = s.worker.process(&s.delivery(&job, JobState::default()), &NoStages).await;
+    let report = s
+        .worker
+        .process(&s.delivery(&job, JobState::default()), &NoStages)
+        .await;
     assert_eq!(report.outcome, Outcome::Succeeded);
     assert_eq!(report.state.attempts, 1);
     assert!(report.state.executed && report.state.execution_id.is_some());
@@ -99,11 +102,19 @@ async fn a_failed_call_is_charged_once_and_retried() {
     )
     .await;
     let job = json!({"job_id": "p-2", "file": s.file("b.pdf", PDF)});
-    let first = s.worker.process(&s.delivery(&job, JobState::default()), &NoStages).await;
-    assert!(matches!(first.outcome, Outcome::Retry { delay, .. } if delay == Duration::from_secs(1)));
+    let first = s
+        .worker
+        .process(&s.delivery(&job, JobState::default()), &NoStages)
+        .await;
+    assert!(
+        matches!(first.outcome, Outcome::Retry { delay, .. } if delay == Duration::from_secs(1))
+    );
     assert_eq!((first.state.attempts, first.state.step_attempts), (1, 1));
     // The next delivery carries that state and succeeds: two attempts in all.
-    let second = s.worker.process(&s.delivery(&job, first.state.clone()), &NoStages).await;
+    let second = s
+        .worker
+        .process(&s.delivery(&job, first.state.clone()), &NoStages)
+        .await;
     assert_eq!(second.outcome, Outcome::Succeeded);
     assert_eq!(second.state.attempts, 2);
 }
@@ -132,16 +143,25 @@ async fn an_executed_job_only_writes_its_record() {
 async fn refusals_end_the_job_and_outages_hand_it_back() {
     let s = setup(SimConfig::default(), &["--max-job-bytes=1000"]).await;
     let cases = [
-        (json!({"file": "file:///etc/passwd"}), ErrorKind::FileAccessDenied),
+        (
+            json!({"file": "file:///etc/passwd"}),
+            ErrorKind::FileAccessDenied,
+        ),
         (json!({"file": s.file("e.pdf", b"")}), ErrorKind::EmptyFile),
-        (json!({"file": s.file("x.pdf", PDF), "fle": 1}), ErrorKind::InvalidJob),
+        (
+            json!({"file": s.file("x.pdf", PDF), "fle": 1}),
+            ErrorKind::InvalidJob,
+        ),
         (
             json!({"file": s.file("m.pdf", PDF), "metadata": {"pad": "x".repeat(2000)}}),
             ErrorKind::InvalidJob,
         ),
     ];
     for (job, kind) in cases {
-        let report = s.worker.process(&s.delivery(&job, JobState::default()), &NoStages).await;
+        let report = s
+            .worker
+            .process(&s.delivery(&job, JobState::default()), &NoStages)
+            .await;
         assert!(
             matches!(&report.outcome, Outcome::Failed { kind: k, .. } if *k == kind),
             "{job}: {:?}",
@@ -151,7 +171,10 @@ async fn refusals_end_the_job_and_outages_hand_it_back() {
     }
     // An API that redirects is the deployment's problem: handed back, no charge.
     let job = json!({"file": s.file("r.pdf", PDF), "data_action_id": "status-302"});
-    let report = s.worker.process(&s.delivery(&job, JobState::default()), &NoStages).await;
+    let report = s
+        .worker
+        .process(&s.delivery(&job, JobState::default()), &NoStages)
+        .await;
     assert!(matches!(
         report.outcome,
         Outcome::HandBack {

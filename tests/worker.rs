@@ -494,18 +494,34 @@ async fn the_shutdown_summary_counts_what_it_says() {
     .await;
     w.start().await;
     w.publish(&job("s-1", &w.file("1.pdf", &pdf(10)))).await;
-    w.publish(&json!({"job_id": "s-2", "file": w.file("2.png", PNG), "content_type": "application/pdf"}))
-        .await;
-    w.publish(&job("s-3", &format!("file://{}/none.pdf", w.root().display())))
-        .await;
+    w.publish(
+        &json!({"job_id": "s-2", "file": w.file("2.png", PNG), "content_type": "application/pdf"}),
+    )
+    .await;
+    w.publish(&job(
+        "s-3",
+        &format!("file://{}/none.pdf", w.root().display()),
+    ))
+    .await;
     let got = w.results(3, Duration::from_secs(30)).await;
-    assert_eq!(got.iter().filter(|g| g.routing_key == "job.succeeded").count(), 1);
+    assert_eq!(
+        got.iter()
+            .filter(|g| g.routing_key == "job.succeeded")
+            .count(),
+        1
+    );
     w.stop(Duration::from_secs(10));
     let stats = w.stats().await;
     let s = summary(&w.logs());
-    assert_eq!(s["total_executions"], stats["execute_requests"], "API calls: {s}");
+    assert_eq!(
+        s["total_executions"], stats["execute_requests"],
+        "API calls: {s}"
+    );
     assert_eq!(s["total_executions"], 2);
-    assert_eq!(s["successful_encodings"], 2, "each delivery of s-1 encoded it: {s}");
+    assert_eq!(
+        s["successful_encodings"], 2,
+        "each delivery of s-1 encoded it: {s}"
+    );
     assert_eq!(s["failed_encodings"], 1, "{s}");
     assert_eq!(s["conversion_accuracy_rate"], "0.6667");
 }

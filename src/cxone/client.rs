@@ -81,8 +81,10 @@ impl Client {
         let mut refreshed = false;
         let mut rate_limited = 0u32;
         loop {
-            let token = self.auth.token().await?;
+            // The slot first, then the token: a token taken before a long wait (the
+            // pace, a 429's pause) may expire during it.
             self.pacer.ready().await;
+            let token = self.auth.token().await?;
             self.calls_sent.fetch_add(1, Ordering::Relaxed);
             let sent = self
                 .http

@@ -40,7 +40,11 @@ async fn a_wrong_secret_fails_readiness_before_any_job_is_taken() {
     assert!(stats["token_rejected"].as_u64() >= Some(1), "{stats}");
     assert_eq!(stats["execute_requests"], 0, "no job was taken: {stats}");
     assert_eq!(w.depth("jobs").await, 6);
-    assert_eq!(w.consumers("jobs").await, 0, "a paused worker does not consume");
+    assert_eq!(
+        w.consumers("jobs").await,
+        0,
+        "a paused worker does not consume"
+    );
     assert_eq!(w.depth("jobs.dlq").await, 0);
     assert!(
         w.metrics()
@@ -71,7 +75,8 @@ async fn refused_credentials_met_while_running_pause_and_resume() {
         ..good.clone()
     })
     .await;
-    w.publish(&job("revoked-1", &w.file("r.pdf", &pdf(10)))).await;
+    w.publish(&job("revoked-1", &w.file("r.pdf", &pdf(10))))
+        .await;
     w.wait_not_ready_because("refuses the client credentials", Duration::from_secs(15))
         .await;
     assert_eq!(w.depth("jobs.dlq").await, 0);
@@ -111,7 +116,11 @@ async fn a_token_url_that_gives_no_token_is_called_a_wrong_url() {
     w.spawn();
     w.wait_not_ready_because("not as a token endpoint", Duration::from_secs(15))
         .await;
-    assert!(w.logs().contains("404"), "the answer is in the log:\n{}", w.logs());
+    assert!(
+        w.logs().contains("404"),
+        "the answer is in the log:\n{}",
+        w.logs()
+    );
     assert!(
         w.metrics()
             .await
@@ -142,7 +151,10 @@ async fn a_queue_declared_with_other_arguments_ends_run_with_one_line() {
         last.starts_with("cxone-worker: queue ") && last.contains(&w.q("jobs")),
         "one line naming the queue: {last}"
     );
-    assert!(last.contains("x-queue-type") || last.contains("inequivalent arg"), "{last}");
+    assert!(
+        last.contains("x-queue-type") || last.contains("inequivalent arg"),
+        "{last}"
+    );
     assert_eq!(w.logs().matches("cxone-worker: ").count(), 1);
 }
 
@@ -151,7 +163,8 @@ async fn a_virtual_host_the_broker_refuses_ends_run_with_one_line() {
     let mut w = Worker::new(SimConfig::default(), &[]).await;
     let url = crate::cleanup::amqp_url();
     let (base, _) = url.rsplit_once('/').unwrap();
-    w.env.insert("AMQP_URL".into(), format!("{base}/no-such-vhost"));
+    w.env
+        .insert("AMQP_URL".into(), format!("{base}/no-such-vhost"));
     w.spawn();
     let code = w.wait_exit(Duration::from_secs(30));
     assert_eq!(code, 2, "{}", w.logs());
@@ -358,7 +371,10 @@ async fn a_broker_that_never_answers_does_not_hold_up_shutdown() {
             Ok((socket, _)) => break socket,
             Err(_) => {
                 w.assert_alive();
-                assert!(std::time::Instant::now() < deadline, "the worker never connected");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the worker never connected"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
