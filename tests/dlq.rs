@@ -150,18 +150,39 @@ async fn list_shows_every_dead_letter_and_leaves_the_queue_as_it_was() {
     let ran = b.run(&["dlq", "list"]).await;
     let lines: Vec<&str> = ran.stdout.lines().collect();
     assert!(
-        lines[0].starts_with("#  JOB ID") && lines[0].ends_with("REPLAYS  ERROR"),
+        lines[0].starts_with("#  JOB ID") && lines[0].contains("REPLAYS  FILE "),
         "{}",
         lines[0]
     );
     let kind_col = lines[0].find("KIND").unwrap();
-    for (line, kind) in lines[1..6].iter().zip(&kinds) {
+    let file_col = lines[0].find("FILE").unwrap();
+    let error_col = lines[0].find("ERROR").unwrap();
+    assert!(file_col < error_col, "FILE before ERROR: {}", lines[0]);
+    let files = [
+        "file:///in/inv-1.pdf",
+        "file:///in/inv-2.pdf",
+        "-",
+        "-",
+        "file:///in/poison-1.pdf",
+    ];
+    for ((line, kind), file) in lines[1..6].iter().zip(&kinds).zip(files) {
         assert_eq!(
             &line[kind_col..kind_col + kind.len()],
             *kind,
             "aligned: {line}"
         );
+        assert_eq!(
+            &line[file_col..file_col + file.len()],
+            file,
+            "aligned: {line}"
+        );
     }
+    let json_files: Vec<Option<&str>> = all.iter().map(|m| m["file"].as_str()).collect();
+    assert_eq!(
+        json_files,
+        [Some(files[0]), Some(files[1]), None, None, Some(files[4])],
+        "null when the body names no file"
+    );
     assert_eq!(
         lines[6],
         format!(
