@@ -129,6 +129,10 @@ pub async fn run(request: Request, broker: BrokerSettings) -> anyhow::Result<i32
         }
         Err(e) => return Err(e.into()),
     };
+    // "holds no files, only 3 subdirectories: add --recursive" rather than "published 0".
+    if tally.only_directories_without_files() {
+        return Ok(1);
+    }
     let summary = summary(&tally, &request);
     // With --dry-run, stdout holds the jobs; the summary goes beside them.
     if request.dry_run {

@@ -85,6 +85,15 @@ impl Tally {
     pub fn refused(&self) -> u64 {
         self.invalid + self.unreadable + self.no_files + self.rejected
     }
+
+    /// Whether the only thing to say is that directories held no files (the refusal
+    /// lines already said it, with what to do): the summary would add nothing.
+    pub fn only_directories_without_files(&self) -> bool {
+        self.no_files > 0
+            && self.refused() == self.no_files
+            && self.published + self.skipped + self.duplicates + self.not_followed + self.unsent
+                == 0
+    }
 }
 
 /// Runs one `enqueue`. Refusals and progress go to stderr; with `dry_run`, the jobs
