@@ -118,15 +118,7 @@ pub async fn run(
         not_followed,
         declared,
     } = plan::plan(&request.source, &request.defaults)?;
-    for r in &refused {
-        eprintln!("cxone-worker: refused {}: {}", r.origin, r.reason);
-    }
-    for link in &not_followed {
-        eprintln!(
-            "cxone-worker: skipped {link}: a link to a directory, not followed \
-             (name the directory itself to enqueue what it holds)"
-        );
-    }
+    tell(&refused, &not_followed);
     if request.strict && !refused.is_empty() {
         return Err(EnqueueError::Strict(refused.len()));
     }
@@ -180,6 +172,19 @@ pub async fn run(
     }
     tally.elapsed = started.elapsed();
     Ok(tally)
+}
+
+/// One line on stderr for each input that will not be sent, and why.
+fn tell(refused: &[plan::Refusal], not_followed: &[String]) {
+    for r in refused {
+        eprintln!("cxone-worker: refused {}: {}", r.origin, r.reason);
+    }
+    for link in not_followed {
+        eprintln!(
+            "cxone-worker: skipped {link}: a link to a directory, not followed \
+             (name the directory itself to enqueue what it holds)"
+        );
+    }
 }
 
 /// Publishes `jobs` in order; returns when all are settled, on a signal (after the

@@ -98,7 +98,7 @@ fn has_line(out: &str, line: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn show_prints_a_dead_letter_whole_and_leaves_the_queue_as_it_was() {
+async fn show_prints_a_dead_letter_whole_as_text_or_json() {
     let b = Broker::new().await;
     let ids = fill(&b).await;
     let dlq = b.topology.dlq();
@@ -171,6 +171,15 @@ async fn show_prints_a_dead_letter_whole_and_leaves_the_queue_as_it_was() {
     assert!(m["headers"]["nothing"].is_null());
     assert_eq!(m["headers"]["stamp"]["utc"], "2026-01-01T00:00:00Z");
     assert_eq!(m["body"]["json"]["job_id"], "inv-7");
+    b.wait_ready(&dlq, 5, Duration::from_secs(5)).await;
+    assert_eq!(b.drain_ids(&dlq).await, ids, "nothing lost or reordered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_finds_each_letter_of_an_id_or_a_position_and_leaves_the_queue_as_it_was() {
+    let b = Broker::new().await;
+    let ids = fill(&b).await;
+    let dlq = b.topology.dlq();
 
     // Two dead letters share an id: both are shown, and said so.
     let ran = b.run(&["dlq", "show", "dup-1"]).await;
@@ -216,7 +225,7 @@ async fn show_prints_a_dead_letter_whole_and_leaves_the_queue_as_it_was() {
         2
     );
 
-    // Shown eight times: all there, in order, every header as it was published.
+    // Shown six times: all there, in order, every header as it was published.
     b.wait_ready(&dlq, 5, Duration::from_secs(5)).await;
     let got = b.drain(&dlq).await;
     assert_eq!(got.iter().map(|m| m.job_id()).collect::<Vec<_>>(), ids);

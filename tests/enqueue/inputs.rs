@@ -244,18 +244,11 @@ async fn results(b: &Broker, n: usize) -> HashMap<String, Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn file_names_declare_the_content_type_the_worker_checks() {
+async fn file_names_declare_a_content_type_and_dry_runs_show_it() {
     let b = Broker::new().await;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().canonicalize().unwrap();
-    for (name, bytes) in [
-        ("good.pdf", PDF),
-        ("scan.pdf", PNG),
-        ("photo.png", PNG),
-        ("notes.txt", b"plain text\n".as_slice()),
-    ] {
-        std::fs::write(root.join(name), bytes).unwrap();
-    }
+    typed_files(&root);
 
     let ran = b.run(&["enqueue", path(&root), "--dry-run"]).await;
     assert_eq!(ran.code, 0, "{}", ran.stderr);
@@ -326,8 +319,33 @@ async fn file_names_declare_the_content_type_the_worker_checks() {
         .run(&["enqueue", "--manifest", "-", "--no-declare-type"])
         .await;
     assert_eq!(ran.code, 2, "the flag is for paths only");
+}
 
-    // End to end: the worker fails the PNG named .pdf, and passes it without the flag.
+/// The four files of the declared-type tests, in `root`.
+fn typed_files(root: &Path) {
+    for (name, bytes) in [
+        ("good.pdf", PDF),
+        ("scan.pdf", PNG),
+        ("photo.png", PNG),
+        ("notes.txt", b"plain text\n".as_slice()),
+    ] {
+        std::fs::write(root.join(name), bytes).unwrap();
+    }
+}
+
+/// End to end: the worker fails the PNG named .pdf, and passes it without the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_fails_a_file_whose_bytes_contradict_its_name() {
+    let b = Broker::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    typed_files(&root);
+    let dry = b.run(&["enqueue", "--dry-run", path(&root)]).await;
+    let planned: Vec<Job> = dry
+        .stdout
+        .lines()
+        .map(|l| Job::parse(l.as_bytes()).unwrap())
+        .collect();
     let sim = cxone_worker::sim::spawn(cxone_worker::sim::SimConfig::default())
         .await
         .unwrap();
