@@ -78,6 +78,10 @@ pub struct ShowArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Print the body's file reference as stored, password and signed query included
+    /// (by default hidden, as in every output).
+    #[arg(long)]
+    pub raw: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -117,7 +121,9 @@ pub struct Dlq {
 
 pub enum Action {
     List,
-    Show,
+    Show {
+        raw: bool,
+    },
     Replay {
         dry_run: bool,
         rate: Option<f64>,
@@ -182,7 +188,7 @@ impl ShowArgs {
             broker: self.broker.settings()?,
             filter,
             json: self.json,
-            action: Action::Show,
+            action: Action::Show { raw: self.raw },
         })
     }
 }
@@ -200,14 +206,14 @@ pub async fn run(cmd: Dlq) -> anyhow::Result<i32> {
     };
     let reader = match cmd.action {
         Action::List => Reader::List,
-        Action::Show => Reader::Show,
+        Action::Show { .. } => Reader::Show,
         Action::Replay { .. } => Reader::Replay,
         Action::Purge { .. } => Reader::Purge,
     };
     let connection = crate::ops::connect(&cmd.broker, "dlq").await?;
     let selection = dlq::select(&connection, &topology, &cmd.filter, reader).await?;
     let status = match cmd.action {
-        Action::Show => show_whole(selection, &cmd).await?,
+        Action::Show { raw } => show_whole(selection, &cmd, raw).await?,
         Action::List => {
             show(&selection, cmd.json, "match", true)?;
             selection.release().await?;
@@ -330,7 +336,7 @@ async fn purge(
 }
 
 /// `dlq show`: every selected dead letter whole, then the DLQ as it was.
-async fn show_whole(selection: Selection, cmd: &Dlq) -> anyhow::Result<i32> {
+async fn show_whole(selection: Selection, cmd: &Dlq, raw: bool) -> anyhow::Result<i32> {
     let now = now();
     let wanted = match (cmd.filter.job_ids.first(), cmd.filter.position) {
         (Some(id), _) => format!("with job id {id:?}"),
@@ -342,7 +348,7 @@ async fn show_whole(selection: Selection, cmd: &Dlq) -> anyhow::Result<i32> {
     if cmd.json {
         let messages: Vec<_> = selection
             .messages()
-            .map(|(d, props, body)| letter::to_json(d, props, body, now))
+            .map(|(d, props, body)| letter::to_json(d, props, body, now, raw))
             .collect();
         let doc = json!({
             "queue": selection.queue,
@@ -364,7 +370,7 @@ async fn show_whole(selection: Selection, cmd: &Dlq) -> anyhow::Result<i32> {
                 i + 1,
                 selection.queue
             )?;
-            write!(out, "{}", letter::to_text(d, props, body, now))?;
+            write!(out, "{}", letter::to_text(d, props, body, now, raw))?;
         }
     }
     out.flush()?;

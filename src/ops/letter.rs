@@ -5,7 +5,10 @@
 //! header values of every AMQP type are printed (nested tables and arrays too, to a
 //! bounded depth), strings are printed quoted with their control characters escaped,
 //! and a body is shown as pretty JSON, as text with escapes, or as a hex dump, so that
-//! no byte of it can drive the operator's terminal.
+//! no byte of it can drive the operator's terminal. The job's `file` inside a JSON
+//! body is shown as every output shows it (no userinfo, query or fragment, where a
+//! password or a presigned signature lives) unless the operator asks for the body as
+//! stored (`raw`): output pasted into a ticket must not carry a credential.
 
 use std::fmt::Write as _;
 
@@ -17,18 +20,20 @@ use time::OffsetDateTime;
 
 use super::dead::DeadLetter;
 use super::table::short_duration;
+use crate::job::shown_file;
 use crate::outcome::rfc3339;
 
 /// Nesting shown at most; a deeper value is summarized. A producer can nest tables
 /// as deep as a frame allows, and neither the terminal nor the stack needs that.
 const MAX_DEPTH: usize = 16;
 
-/// One dead letter as text, for a terminal.
+/// One dead letter as text, for a terminal; `raw` shows the body's `file` as stored.
 pub fn to_text(
     letter: &DeadLetter,
     properties: &BasicProperties,
     body: &[u8],
     now: OffsetDateTime,
+    raw: bool,
 ) -> String {
     let mut out = String::new();
     let dash = || "-".to_owned();
@@ -79,7 +84,7 @@ pub fn to_text(
         }
         _ => out.push_str("  (none)\n"),
     }
-    write_body(&mut out, body);
+    write_body(&mut out, body, raw);
     out
 }
 
@@ -91,6 +96,7 @@ pub fn to_json(
     properties: &BasicProperties,
     body: &[u8],
     now: OffsetDateTime,
+    raw: bool,
 ) -> Value {
     let mut v = letter.to_json(now);
     let props: Map<String, Value> = property_values(properties)
@@ -106,7 +112,12 @@ pub fn to_json(
         serde_json::from_slice::<Value>(body),
         std::str::from_utf8(body),
     ) {
-        (Ok(parsed), _) => json!({"bytes": body.len(), "json": parsed}),
+        (Ok(mut parsed), _) => {
+            if let (false, Some(file)) = (raw, parsed.get("file").and_then(Value::as_str)) {
+                parsed["file"] = Value::String(shown_file(file));
+            }
+            json!({"bytes": body.len(), "json": parsed})
+        }
         (Err(_), Ok(text)) => json!({"bytes": body.len(), "text": text}),
         _ => {
             json!({"bytes": body.len(), "base64": base64::engine::general_purpose::STANDARD.encode(body)})
@@ -296,7 +307,7 @@ fn bytes(b: &[u8], why: &str) -> String {
 }
 
 /// The body: pretty JSON when it is JSON, else text with escapes, else a hex dump.
-fn write_body(out: &mut String, body: &[u8]) {
+fn write_body(out: &mut String, body: &[u8], raw: bool) {
     if body.is_empty() {
         out.push_str("body: 0 bytes\n");
         return;
@@ -305,9 +316,17 @@ fn write_body(out: &mut String, body: &[u8]) {
         std::str::from_utf8(body),
         serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok(),
     ) {
+        let hidden = if raw { None } else { hide_file(text) };
+        let note = match hidden {
+            Some(_) => {
+                " (its file without credentials, as outputs show it; --raw shows it as stored)"
+            }
+            None => "",
+        };
+        let text = hidden.as_deref().unwrap_or(text);
         let _ = writeln!(
             out,
-            "body: {} bytes, JSON\n{}",
+            "body: {} bytes, JSON{note}\n{}",
             body.len(),
             pretty_json(text)
         );
@@ -333,6 +352,27 @@ fn write_body(out: &mut String, body: &[u8]) {
             hex_dump(out, body);
         }
     }
+}
+
+/// The JSON text with its top-level `file` as outputs show it; `None` when that
+/// hides nothing. The string is replaced in the text itself, so that the rest stays
+/// as sent; one escaped otherwise than serde writes it (`\/`, say) makes the body
+/// rebuilt from its parsed value instead: key order lost, the credential hidden all
+/// the same.
+fn hide_file(text: &str) -> Option<String> {
+    let mut parsed: Value = serde_json::from_str(text).ok()?;
+    let file = parsed.get("file")?.as_str()?;
+    let shown = shown_file(file);
+    if shown == file {
+        return None;
+    }
+    let token = serde_json::to_string(file).ok()?;
+    let replacement = serde_json::to_string(&shown).ok()?;
+    if text.matches(token.as_str()).count() == 1 {
+        return Some(text.replacen(token.as_str(), &replacement, 1));
+    }
+    parsed["file"] = Value::String(shown);
+    serde_json::to_string(&parsed).ok()
 }
 
 /// Valid JSON text indented, two spaces a level. Reformatted from the text rather

@@ -72,6 +72,7 @@ fn every_amqp_type_is_printed_readably() {
         &props,
         body,
         at("2026-01-01T00:01:00Z"),
+        false,
     );
     for line in [
         "job id           \"j-1\"",
@@ -101,9 +102,9 @@ fn every_amqp_type_is_printed_readably() {
         "      reason: \"delivery_limit\"",
         "      time: 1767225600 (2026-01-01T00:00:00Z)",
         "    [1]: []",
-        "body: 52 bytes, JSON",
+        "body: 52 bytes, JSON (its file without credentials, as outputs show it; --raw shows it as stored)",
         "  \"job_id\": \"j-1\",",
-        "  \"file\": \"s3://b/k?X-Amz-Signature=s\"",
+        "  \"file\": \"s3://b/k\"",
     ] {
         assert!(
             out.lines().any(|l| l == line),
@@ -116,6 +117,7 @@ fn every_amqp_type_is_printed_readably() {
         &props,
         body,
         at("2026-01-01T00:01:00Z"),
+        false,
     );
     let h = &v["headers"];
     assert_eq!(h["i64"], i64::MIN);
@@ -148,6 +150,7 @@ fn deep_nesting_is_cut_not_followed() {
         &props,
         b"",
         at("2026-01-01T00:00:00Z"),
+        false,
     );
     assert!(out.contains("… (nested deeper than 16 levels)"), "{out}");
     assert!(out.lines().count() < 40);
@@ -156,6 +159,7 @@ fn deep_nesting_is_cut_not_followed() {
         &props,
         b"",
         at("2026-01-01T00:00:00Z"),
+        false,
     );
     assert!(serde_json::to_string(&v).unwrap().contains("nested deeper"));
     // Dropping 10,000 nested tables is the test's own recursion, not the printer's.
@@ -174,6 +178,7 @@ fn hostile_text_never_reaches_the_terminal_raw() {
         &props,
         body,
         at("2026-01-01T00:00:00Z"),
+        false,
     );
     for c in ['\u{1b}', '\u{7}', '\u{202e}', '\r'] {
         assert!(!out.contains(c), "{c:?} printed raw:\n{out}");
@@ -199,6 +204,7 @@ fn binary_bodies_are_dumped_in_hex() {
         &props,
         &body,
         at("2026-01-01T00:00:00Z"),
+        false,
     );
     assert!(out.contains("body: 27 bytes, binary (not UTF-8)"), "{out}");
     assert!(
@@ -221,6 +227,7 @@ fn binary_bodies_are_dumped_in_hex() {
         &props,
         &body,
         at("2026-01-01T00:00:00Z"),
+        false,
     );
     assert_eq!(v["body"]["bytes"], 27);
     assert!(v["body"]["base64"].is_string());
@@ -229,6 +236,7 @@ fn binary_bodies_are_dumped_in_hex() {
         &props,
         b"",
         at("2026-01-01T00:00:00Z"),
+        false,
     );
     assert_eq!(empty["body"], json!({"bytes": 0, "text": ""}));
     assert!(empty["file"].is_null());
@@ -245,6 +253,7 @@ fn json_bodies_keep_their_order_and_digits() {
         &props,
         body.as_bytes(),
         at("2026-01-01T00:00:00Z"),
+        false,
     );
     let want = r#"{
   "z": 1,
@@ -261,6 +270,46 @@ fn json_bodies_keep_their_order_and_digits() {
   "s": "a\u202eb:,{"
 }"#;
     assert!(out.ends_with(&format!("JSON\n{want}\n")), "{out}");
+}
+
+#[test]
+fn credentials_in_the_bodys_file_are_hidden_unless_asked_for() {
+    let now = at("2026-01-01T00:00:00Z");
+    let props = BasicProperties::default();
+    let body = br#"{"job_id":"j","file":"https://u:pw@h.example/x.pdf?sig=s","n":1.50}"#;
+    let d = letter(&props, body);
+    let out = to_text(&d, &props, body, now, false);
+    assert!(!out.contains("pw") && !out.contains("sig="), "{out}");
+    assert!(
+        out.contains("  \"file\": \"https://h.example/x.pdf\",\n  \"n\": 1.50\n"),
+        "{out}"
+    );
+    assert!(out.contains("JSON (its file without credentials"), "{out}");
+    let raw = to_text(&d, &props, body, now, true);
+    assert!(
+        raw.contains("https://u:pw@h.example/x.pdf?sig=s") && !raw.contains("without credentials")
+    );
+    let v = to_json(&d, &props, body, now, false);
+    assert_eq!(v["body"]["json"]["file"], "https://h.example/x.pdf");
+    let v = to_json(&d, &props, body, now, true);
+    assert_eq!(
+        v["body"]["json"]["file"],
+        "https://u:pw@h.example/x.pdf?sig=s"
+    );
+    // Escaped otherwise than serde writes it: still hidden.
+    let odd = br#"{"file":"https:\/\/u:pw@h.example\/x.pdf?sig=s"}"#;
+    let out = to_text(&letter(&props, odd), &props, odd, now, false);
+    assert!(
+        !out.contains("pw") && out.contains("https://h.example/x.pdf"),
+        "{out}"
+    );
+    // Nothing to hide: the body is shown as sent, without a note.
+    let plain = br#"{"file":"file:///in/a.pdf"}"#;
+    let out = to_text(&letter(&props, plain), &props, plain, now, false);
+    assert!(
+        out.contains("JSON\n{\n  \"file\": \"file:///in/a.pdf\"\n}\n"),
+        "{out}"
+    );
 }
 
 #[test]
