@@ -227,7 +227,10 @@ impl Walk<'_> {
         let origin = || dir.display().to_string();
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
-            Err(e) => return builder.refuse(origin(), Cause::Unreadable, e.to_string()),
+            Err(e) => {
+                let reason = format!("cannot list it: {e}");
+                return builder.refuse(origin(), Cause::Unreadable, reason);
+            }
         };
         let mut listed = Vec::new();
         for entry in entries {
