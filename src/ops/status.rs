@@ -284,6 +284,35 @@ mod tests {
     }
 
     #[test]
+    fn a_held_dlq_gets_a_note_and_no_n_a_footnote() {
+        let mut dlq = queue("p.jobs.dlq", DLQ_ROLE, 0, 1);
+        dlq.depth = dlq.depth.map(|d| Depth { unacked: None, ..d });
+        dlq.held_by = vec![Reader::Replay];
+        let snapshot = Snapshot {
+            queues: vec![queue("p.jobs", "jobs", 3, 0), dlq],
+            workers: vec![],
+        };
+        let table = to_table(&snapshot);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].ends_with("CONSUMERS  NOTE"), "{table}");
+        assert!(
+            lines[2].ends_with(
+                "  n/a          1  held by a reader (dlq replay): back in the queue when it ends"
+            ),
+            "{table}"
+        );
+        assert_eq!(
+            lines[1].trim_end(),
+            lines[1],
+            "no trailing blanks where there is no note"
+        );
+        assert!(!table.contains("unacked n/a"), "{table}");
+        let j = to_json(&snapshot, "t");
+        assert_eq!(j["queues"][1]["held_by"], serde_json::json!(["dlq replay"]));
+        assert!(j["queues"][0]["note"].is_null());
+    }
+
+    #[test]
     fn tables_and_json() {
         let snapshot = Snapshot {
             queues: with_worker_counts(
