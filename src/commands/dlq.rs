@@ -386,8 +386,8 @@ async fn show_whole(selection: Selection, cmd: &Dlq, raw: bool) -> anyhow::Resul
     Ok(0)
 }
 
-/// `; K held by another reader (dlq replay) were not seen` when another reader held
-/// messages while this one read.
+/// `; messages held by another reader (dlq replay) were not seen` when another
+/// reader held messages while this one read (how many, AMQP does not say).
 fn held_note(selection: &Selection) -> String {
     if selection.held_elsewhere.is_empty() {
         return String::new();
