@@ -1,15 +1,20 @@
-//! `cxone-worker dlq list | replay | purge` against a real RabbitMQ: dead letters of
-//! every shape (the worker's headers, RabbitMQ's delivery limit, bodies that are not
-//! JSON), every filter, listing that leaves the queue as it was, replays that restart
-//! attempts and count replays, purges that ask first, and replays interrupted by
-//! SIGINT (each message moved once) or SIGKILL (nothing lost).
+//! `cxone-worker dlq list | show | replay | purge` against a real RabbitMQ: dead
+//! letters of every shape (the worker's headers, RabbitMQ's delivery limit, bodies
+//! that are not JSON), every filter, the file each names, listing and showing that
+//! leave the queue as it was, replays that restart attempts and count replays, purges
+//! that ask first, readers that meet, and replays interrupted by SIGINT (each message
+//! moved once) or SIGKILL (nothing lost).
 
 #[path = "support/broker.rs"]
 mod broker;
 #[path = "support/cleanup.rs"]
 mod cleanup;
+#[path = "dlq/held.rs"]
+mod held;
 #[path = "dlq/interrupted.rs"]
 mod interrupted;
+#[path = "dlq/show.rs"]
+mod show;
 
 use std::time::Duration;
 
@@ -158,18 +163,39 @@ async fn list_shows_every_dead_letter_and_leaves_the_queue_as_it_was() {
     let ran = b.run(&["dlq", "list"]).await;
     let lines: Vec<&str> = ran.stdout.lines().collect();
     assert!(
-        lines[0].starts_with("#  JOB ID") && lines[0].ends_with("REPLAYS  ERROR"),
+        lines[0].starts_with("#  JOB ID") && lines[0].contains("REPLAYS  FILE "),
         "{}",
         lines[0]
     );
     let kind_col = lines[0].find("KIND").unwrap();
-    for (line, kind) in lines[1..6].iter().zip(&kinds) {
+    let file_col = lines[0].find("FILE").unwrap();
+    let error_col = lines[0].find("ERROR").unwrap();
+    assert!(file_col < error_col, "FILE before ERROR: {}", lines[0]);
+    let files = [
+        "file:///in/inv-1.pdf",
+        "file:///in/inv-2.pdf",
+        "-",
+        "-",
+        "file:///in/poison-1.pdf",
+    ];
+    for ((line, kind), file) in lines[1..6].iter().zip(&kinds).zip(files) {
         assert_eq!(
             &line[kind_col..kind_col + kind.len()],
             *kind,
             "aligned: {line}"
         );
+        assert_eq!(
+            &line[file_col..file_col + file.len()],
+            file,
+            "aligned: {line}"
+        );
     }
+    let json_files: Vec<Option<&str>> = all.iter().map(|m| m["file"].as_str()).collect();
+    assert_eq!(
+        json_files,
+        [Some(files[0]), Some(files[1]), None, None, Some(files[4])],
+        "null when the body names no file"
+    );
     assert_eq!(
         lines[6],
         format!(
@@ -192,6 +218,49 @@ async fn list_shows_every_dead_letter_and_leaves_the_queue_as_it_was() {
         count >= Some(1),
         "read and put back counts as a delivery: {count:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_is_read_loosely_shown_without_credentials_and_cut_in_the_table_only() {
+    let b = Broker::new().await;
+    let long = format!(
+        "https://svc:hunter2@files.example/{}/invoice-000123.pdf?X-Amz-Signature=abc#frag",
+        "backfill/2026/".repeat(6)
+    );
+    let shown = format!(
+        "https://files.example/{}/invoice-000123.pdf",
+        "backfill/2026/".repeat(6)
+    );
+    // Not a valid job (an unknown field, a job_id of the wrong type): the file is
+    // still read. A digest id, as backfills have.
+    let body = serde_json::json!({"job_id": 7, "file": long, "colour": "red"}).to_string();
+    b.dead_letter(
+        body.as_bytes(),
+        BasicProperties::default(),
+        "invalid_job",
+        "unknown field `colour`",
+        0,
+        &ago(Duration::from_secs(5)),
+    )
+    .await;
+    let all = list(&b, &[]).await;
+    assert_eq!(
+        all[0]["file"],
+        shown.as_str(),
+        "whole in JSON, without credentials"
+    );
+    let ran = b.run(&["dlq", "list"]).await;
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    let file_col = lines[0].find("FILE").unwrap();
+    let cell = lines[1][file_col..].split("  ").next().unwrap();
+    assert_eq!(cell.chars().count(), 48, "{cell}");
+    assert!(
+        cell.starts_with("https://files.")
+            && cell.contains('…')
+            && cell.ends_with("invoice-000123.pdf"),
+        "{cell}"
+    );
+    assert!(!ran.stdout.contains("hunter2") && !ran.stdout.contains("Signature"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

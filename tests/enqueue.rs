@@ -1,12 +1,15 @@
 //! `cxone-worker enqueue` against a real RabbitMQ: files, directories, globs and
 //! manifests, validation by line number, deterministic ids, checkpoints, pacing, and
 //! backfills interrupted by SIGTERM (resumed exactly once) or SIGKILL (at least once,
-//! duplicates only within the confirm window and under the same job id).
+//! duplicates only within the confirm window and under the same job id); awkward
+//! inputs, checkpoint locks and declared types in enqueue/inputs.rs.
 
 #[path = "support/broker.rs"]
 mod broker;
 #[path = "support/cleanup.rs"]
 mod cleanup;
+#[path = "enqueue/inputs.rs"]
+mod inputs;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

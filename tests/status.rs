@@ -1,14 +1,17 @@
 //! `cxone-worker status` against a real RabbitMQ: the numbers match what the test put
 //! in each queue, consumers are counted, a queue that does not exist says so, an
-//! unacknowledged count that cannot be known says n/a, and `--watch` refreshes until
-//! Ctrl-C. (Counts from running workers: tests/worker.rs.)
+//! unacknowledged count that cannot be known says n/a, paused workers are listed
+//! with their reason, a DLQ held by a `dlq` reader says so, and `--watch` refreshes
+//! until Ctrl-C. (Counts from running workers: tests/worker.rs.)
 
 #[path = "support/broker.rs"]
 mod broker;
 #[path = "support/cleanup.rs"]
 mod cleanup;
+#[path = "dlq/held.rs"]
+mod held;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use broker::{Broker, signal};
 use lapin::BasicProperties;
@@ -216,4 +219,178 @@ async fn watch_refreshes_until_interrupted() {
         text.contains("(Ctrl-C to stop)") && text.contains("QUEUE"),
         "{text}"
     );
+}
+
+/// A `cxone-worker run` against the simulator at `api`, with `secret` as its client
+/// secret, reading files under `root`.
+fn worker(b: &Broker, api: &str, secret: &str, root: &std::path::Path) -> tokio::process::Child {
+    let mut cmd = b.cli(&["run"]);
+    cmd.env("CXONE_API_URL", api)
+        .env("CXONE_CLIENT_ID", "test-client")
+        .env("CXONE_CLIENT_SECRET", secret)
+        .env("CXONE_DATA_ACTION_ID", "default-action")
+        .env("FILE_ROOTS", root.to_str().unwrap())
+        .env("ADMIN_ADDR", "127.0.0.1:0")
+        .env("LOG_FORMAT", "text")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    cmd.spawn().expect("the worker starts")
+}
+
+/// Runs `status --json` until `done` holds for its workers (30 s at most).
+async fn status_until(b: &Broker, what: &str, done: impl Fn(&[Value]) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = status_json(b, &[]).await;
+        if done(v["workers"].as_array().unwrap()) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_workers_are_listed_with_their_reason() {
+    let b = Broker::new().await;
+    let sim = cxone_worker::sim::spawn(cxone_worker::sim::SimConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    std::fs::write(root.join("a.pdf"), b"%PDF-1.4\n%%EOF\n").unwrap();
+
+    // Without a worker the ping comes back unroutable: no wait for answers.
+    let started = Instant::now();
+    assert_eq!(status_json(&b, &[]).await["workers"], serde_json::json!([]));
+    let alone = started.elapsed();
+    assert!(
+        alone < Duration::from_secs(3),
+        "status waited {alone:?} with no worker"
+    );
+
+    // A worker whose credentials the API refuses pauses at its first job: it hands
+    // the job back and cancels its consumer, and must still be listed.
+    let refused = worker(&b, &sim.url(), "wrong-secret", &root);
+    let job = format!(
+        r#"{{"job_id":"p-1","file":"file://{}/a.pdf"}}"#,
+        root.display()
+    );
+    b.publish(
+        "",
+        &b.topology.jobs(),
+        job.as_bytes(),
+        BasicProperties::default(),
+    )
+    .await;
+    status_until(&b, "paused", |w| w.len() == 1 && w[0]["paused"].is_string()).await;
+    let good = worker(&b, &sim.url(), "test-secret", &root);
+    let started = Instant::now();
+    let v = status_until(&b, "two workers", |w| w.len() == 2).await;
+    eprintln!(
+        "status with two workers took {:?} (both answering)",
+        started.elapsed()
+    );
+    let workers = v["workers"].as_array().unwrap();
+    let paused = workers.iter().find(|w| w["paused"].is_string()).unwrap();
+    let running = workers.iter().find(|w| w["paused"].is_null()).unwrap();
+    assert_eq!(paused["paused"], "credentials_refused", "{v}");
+    assert_eq!(paused["consuming"], false, "{v}");
+    assert_eq!(running["consuming"], true, "{v}");
+    let jobs = by_name(&v, &b.topology.jobs());
+    assert_eq!(
+        jobs["consumers"], 1,
+        "only the running worker consumes: {v}"
+    );
+    assert_eq!(
+        jobs["unacked"], running["unacked"],
+        "every consumer answered: {v}"
+    );
+
+    let ran = b.run(&["status"]).await;
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let rows: Vec<&str> = ran
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("WORKER"))
+        .collect();
+    assert_eq!(rows.len(), 3, "{}", ran.stdout);
+    assert!(
+        rows.iter()
+            .any(|l| l.contains("  paused: credentials_refused  ")),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        rows.iter().any(|l| l.contains("  consuming  ")),
+        "{}",
+        ran.stdout
+    );
+
+    for mut child in [refused, good] {
+        signal(&child, "TERM");
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .expect("the worker stops on SIGTERM")
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dlq_held_by_a_reader_says_so_instead_of_looking_empty() {
+    let b = Broker::new().await;
+    let dlq = b.topology.dlq();
+    for i in 0..3 {
+        b.publish(
+            "",
+            &dlq,
+            format!("{i}").as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
+    }
+    let holder = held::hold_dlq(&b).await;
+
+    let v = status_json(&b, &[]).await;
+    let q = by_name(&v, &dlq);
+    assert_eq!(
+        (q["ready"].clone(), q["consumers"].clone()),
+        (0.into(), 1.into())
+    );
+    assert_eq!(q["held_by"], serde_json::json!(["dlq purge"]));
+    assert_eq!(
+        q["note"],
+        "held by a reader (dlq purge): back in the queue when it ends"
+    );
+    assert!(by_name(&v, &b.topology.jobs())["note"].is_null());
+
+    let ran = b.run(&["status"]).await;
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    assert!(lines[0].ends_with("CONSUMERS  NOTE"), "{}", ran.stdout);
+    let row = lines
+        .iter()
+        .find(|l| l.starts_with(&format!("{dlq} ")))
+        .unwrap();
+    assert!(
+        row.ends_with("  held by a reader (dlq purge): back in the queue when it ends"),
+        "{row}"
+    );
+    assert!(
+        !ran.stdout.contains("unacked n/a"),
+        "the hold explains the DLQ's count: {}",
+        ran.stdout
+    );
+
+    holder.decline().await;
+    b.wait_ready(&dlq, 3, Duration::from_secs(5)).await;
+    let v = status_json(&b, &[]).await;
+    let q = by_name(&v, &dlq);
+    assert_eq!(
+        (q["ready"].clone(), q["held_by"].clone()),
+        (3.into(), serde_json::json!([]))
+    );
+    let ran = b.run(&["status"]).await;
+    assert!(!ran.stdout.contains("NOTE"), "{}", ran.stdout);
 }

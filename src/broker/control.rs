@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use serde::{Deserialize, Serialize};
@@ -101,18 +103,25 @@ pub fn worker_name() -> String {
     format!("{host}:{}", std::process::id())
 }
 
-/// The asking side: pings the workers and collects answers until `expected` came
-/// or `wait` passed. No answers (and no error) when no worker ever declared
-/// `P.control`.
+/// How long [`ping`] gathers answers. How many workers will answer cannot be known
+/// beforehand (a paused worker has no consumer on the jobs queue, and the broker does
+/// not count the queues bound to `P.control`), so it waits until no answer came for
+/// `quiet` after the last one, and never past `bound` after the ping.
+#[derive(Debug, Clone, Copy)]
+pub struct Gather {
+    pub quiet: Duration,
+    pub bound: Duration,
+}
+
+/// The asking side: pings every running worker, consuming or paused, and gathers
+/// the answers (see [`Gather`]). The ping is mandatory: when no worker listens the
+/// broker returns it and this answers at once, with no wait. No answers (and no
+/// error) when no worker ever declared `P.control`.
 pub async fn ping(
     connection: &Connection,
     topology: &Topology,
-    expected: u32,
-    wait: Duration,
+    gather: Gather,
 ) -> lapin::Result<Vec<WorkerReport>> {
-    if expected == 0 {
-        return Ok(Vec::new());
-    }
     let channel = connection.create_channel().await?;
     let passive = ExchangeDeclareOptions {
         passive: true,
@@ -129,6 +138,9 @@ pub async fn ping(
     if exists.is_err() {
         return Ok(Vec::new());
     }
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let mut replies = channel
         .basic_consume(
             REPLY_TO.into(),
@@ -141,29 +153,41 @@ pub async fn ping(
         )
         .await?;
     let id = uuid::Uuid::new_v4().to_string();
-    channel
+    let started = tokio::time::Instant::now();
+    let confirm = channel
         .basic_publish(
             topology.control().into(),
             "".into(),
-            BasicPublishOptions::default(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
             b"status",
             BasicProperties::default()
                 .with_reply_to(REPLY_TO.into())
                 .with_correlation_id(short(&id)),
         )
+        .await?
         .await?;
     let mut reports = Vec::new();
-    let deadline = tokio::time::Instant::now() + wait;
-    while reports.len() < expected as usize {
-        let next = tokio::time::timeout_at(deadline, replies.next()).await;
-        let Ok(Some(Ok(reply))) = next else { break };
-        let ours = reply
-            .properties
-            .correlation_id()
-            .as_ref()
-            .is_some_and(|c| c.as_str() == id);
-        if let (true, Ok(report)) = (ours, serde_json::from_slice::<WorkerReport>(&reply.data)) {
-            reports.push(report);
+    // Returned: no queue is bound to `P.control`, so no worker runs.
+    if confirm.take_message().is_none() {
+        let bound = started + gather.bound;
+        let mut last_answer: Option<tokio::time::Instant> = None;
+        loop {
+            let until = last_answer.map_or(bound, |at| (at + gather.quiet).min(bound));
+            let next = tokio::time::timeout_at(until, replies.next()).await;
+            let Ok(Some(Ok(reply))) = next else { break };
+            let ours = reply
+                .properties
+                .correlation_id()
+                .as_ref()
+                .is_some_and(|c| c.as_str() == id);
+            if let (true, Ok(report)) = (ours, serde_json::from_slice::<WorkerReport>(&reply.data))
+            {
+                reports.push(report);
+                last_answer = Some(tokio::time::Instant::now());
+            }
         }
     }
     let _ = channel.close(200, "status done".into()).await;

@@ -195,6 +195,12 @@ impl Topology {
         format!("{}.control", self.prefix)
     }
 
+    /// The exclusive marker queue that a `dlq` reader (`list`, `replay`…) holds while
+    /// it holds the DLQ's messages, so that `status` can say who has them.
+    pub fn dlq_reader(&self, command: &str) -> String {
+        format!("{}.jobs.dlq.reader.{command}", self.prefix)
+    }
+
     /// The queue where a job waits `delay` before going back to `P.jobs`.
     pub fn retry_queue(&self, delay: Duration) -> String {
         format!("{}.retry.{}", self.prefix, format_duration(delay))

@@ -8,7 +8,8 @@ use clap::{ArgGroup, Args};
 use serde_json::Value;
 
 use crate::config::{BrokerArgs, BrokerSettings, ConfigError};
-use crate::ops::enqueue::{Request, Tally};
+use crate::ops::checkpoint::CheckpointError;
+use crate::ops::enqueue::{EnqueueError, Request, Tally};
 use crate::ops::flags;
 use crate::ops::plan::{Defaults, Source};
 use crate::ops::table::short_duration;
@@ -27,8 +28,12 @@ pub struct EnqueueArgs {
     /// Take only the files of directories whose name matches, e.g. '*.pdf' (repeatable).
     #[arg(long, value_name = "PATTERN")]
     pub glob: Vec<String>,
+    /// Declare no content_type. By default a job from a path declares the type its file
+    /// name says (.pdf: application/pdf), which the worker checks against the bytes.
+    #[arg(long)]
+    pub no_declare_type: bool,
     /// NDJSON file of contract jobs, one per line; `-` reads stdin.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["paths", "recursive", "glob"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["paths", "recursive", "glob", "no_declare_type"])]
     pub manifest: Option<String>,
     /// File of confirmed job ids: an interrupted backfill run again with it publishes only what is missing.
     #[arg(long, value_name = "FILE")]
@@ -70,6 +75,7 @@ impl EnqueueArgs {
                 paths: self.paths.clone(),
                 recursive: self.recursive,
                 globs: self.glob.clone(),
+                declare_type: !self.no_declare_type,
             },
         };
         let mut defaults = Defaults::default();
@@ -109,14 +115,30 @@ impl EnqueueArgs {
 }
 
 /// Runs the backfill and prints its summary; returns the exit status: 0 all published
-/// (or already), 1 something refused or the broker failed, 130 interrupted.
+/// (or already), 1 something refused or the broker failed, 2 the checkpoint is in use
+/// by another run, 130 interrupted.
 pub async fn run(request: Request, broker: BrokerSettings) -> anyhow::Result<i32> {
     let stop = crate::ops::interrupt(Some(crate::ops::STOPPING));
     let mut stdout = std::io::stdout().lock();
-    let tally = crate::ops::enqueue::run(&request, &broker, &stop, &mut stdout).await?;
+    let tally = match crate::ops::enqueue::run(&request, &broker, &stop, &mut stdout).await {
+        Ok(tally) => tally,
+        // Like a bad flag: nothing was done, and running again now would not help.
+        Err(e @ EnqueueError::Checkpoint(CheckpointError::Locked { .. })) => {
+            eprintln!("cxone-worker: {e}");
+            return Ok(2);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // "holds no files, only 3 subdirectories: add --recursive" rather than "published 0".
+    if tally.only_directories_without_files() {
+        return Ok(1);
+    }
     let summary = summary(&tally, &request);
     // With --dry-run, stdout holds the jobs; the summary goes beside them.
     if request.dry_run {
+        if let Some(line) = declared(&tally) {
+            eprintln!("{line}");
+        }
         eprintln!("{summary}");
     } else {
         writeln!(stdout, "{summary}")?;
@@ -129,6 +151,31 @@ pub async fn run(request: Request, broker: BrokerSettings) -> anyhow::Result<i32
     } else {
         0
     })
+}
+
+/// What a dry run's jobs from paths declare: `enqueue: content_type from file names:
+/// application/pdf 5, image/png 1; none 2 (no known extension)`.
+fn declared(t: &Tally) -> Option<String> {
+    if t.declared.is_empty() {
+        return None;
+    }
+    let types: Vec<String> = t
+        .declared
+        .iter()
+        .filter_map(|(ty, n)| ty.map(|ty| format!("{ty} {n}")))
+        .collect();
+    let mut line = format!(
+        "enqueue: content_type from file names: {}",
+        if types.is_empty() {
+            "none known".to_owned()
+        } else {
+            types.join(", ")
+        }
+    );
+    if let Some(n) = t.declared.get(&None) {
+        line.push_str(&format!("; none declared for {n} (no known extension)"));
+    }
+    Some(line)
 }
 
 /// `4.48s` under a minute (a benchmark wants the decimals), `3m12s` beyond.
@@ -164,16 +211,27 @@ fn summary(t: &Tally, request: &Request) -> String {
             format!(" ({})", parts.join(", "))
         }
     };
+    let directories = if t.no_files == 1 {
+        "directory without files"
+    } else {
+        "directories without files"
+    };
     let mut s = format!(
         "enqueue: {verb} {}, skipped {}{}, refused {}{} in {} ({rate:.0} jobs/s)",
         t.published,
-        t.skipped + t.duplicates,
+        t.skipped + t.duplicates + t.not_followed,
         detail(&[
             (t.skipped, "already in the checkpoint"),
-            (t.duplicates, "repeated in the input")
+            (t.duplicates, "repeated in the input"),
+            (t.not_followed, "links to directories not followed"),
         ]),
         t.refused(),
-        detail(&[(t.invalid, "invalid"), (t.rejected, "by the broker")]),
+        detail(&[
+            (t.invalid, "invalid"),
+            (t.unreadable, "unreadable"),
+            (t.no_files, directories),
+            (t.rejected, "by the broker"),
+        ]),
         took(t.elapsed),
     );
     let resume = match &request.checkpoint {

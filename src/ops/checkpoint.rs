@@ -6,6 +6,12 @@
 //! has, so after SIGKILL the only ids missing are those whose confirm was still
 //! outstanding (at most the confirm window). A machine crash may lose the last
 //! unsynced lines too; their jobs are then published again, under the same job id.
+//!
+//! A run that writes holds an exclusive `flock(2)` on the file from before it reads
+//! the ids until it exits, so a second run on the same checkpoint stops at once
+//! instead of publishing the same jobs beside the first. The kernel drops the lock
+//! with the process however it ends (SIGKILL included), so a dead run never leaves
+//! a stale lock behind, unlike a lock file.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -33,6 +39,12 @@ pub enum CheckpointError {
         "checkpoint {path} is not a cxone-worker enqueue checkpoint (its first line is not {HEADER:?}…)"
     )]
     Foreign { path: String },
+    /// Another run holds the checkpoint; this one must not publish at all.
+    #[error(
+        "checkpoint {path} is in use by another enqueue run (it holds the file's lock); \
+         let that run finish, or stop it, before running again"
+    )]
+    Locked { path: String },
     #[error("checkpoint {path} belongs to CXONE_QUEUE_PREFIX={found:?}, not {expected:?}")]
     OtherPrefix {
         path: String,
@@ -52,22 +64,37 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Reads the ids already confirmed; with `write`, creates the file if needed and
-    /// prepares to append. A last line without its newline was cut short by a kill:
-    /// its id does not count (the job is published again) and the line is closed.
+    /// Reads the ids already confirmed; with `write`, creates the file if needed,
+    /// takes its lock (see the module documentation) and prepares to append. A last
+    /// line without its newline was cut short by a kill: its id does not count (the
+    /// job is published again) and the line is closed.
     pub fn open(path: &Path, prefix: &str, write: bool) -> Result<Self, CheckpointError> {
         let io = |source| CheckpointError::Io {
             path: path.display().to_string(),
             source,
         };
         let mut text = String::new();
-        match File::open(path) {
-            Ok(mut f) => {
-                f.read_to_string(&mut text).map_err(io)?;
+        let file = if write {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(io)?;
+            lock(&file, path)?;
+            // Read through the locked descriptor: what the previous run wrote is all there.
+            file.read_to_string(&mut text).map_err(io)?;
+            Some(file)
+        } else {
+            match File::open(path) {
+                Ok(mut f) => {
+                    f.read_to_string(&mut text).map_err(io)?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(e)),
-        }
+            None
+        };
         let mut done = HashSet::new();
         let mut buffer = String::new();
         if text.is_empty() {
@@ -105,17 +132,6 @@ impl Checkpoint {
                 buffer.push('\n');
             }
         }
-        let file = if write {
-            Some(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(io)?,
-            )
-        } else {
-            None
-        };
         let mut checkpoint = Self {
             path: path.to_owned(),
             file,
@@ -163,6 +179,21 @@ impl Checkpoint {
             })?;
         self.buffer.clear();
         Ok(())
+    }
+}
+
+/// Takes the file's exclusive lock without waiting; held until the file is closed.
+fn lock(file: &File, path: &Path) -> Result<(), CheckpointError> {
+    use rustix::fs::{FlockOperation, flock};
+    match flock(file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(CheckpointError::Locked {
+            path: path.display().to_string(),
+        }),
+        Err(e) => Err(CheckpointError::Io {
+            path: path.display().to_string(),
+            source: e.into(),
+        }),
     }
 }
 
@@ -217,6 +248,21 @@ mod tests {
             Checkpoint::open(&path, "p", true),
             Err(CheckpointError::Foreign { .. })
         ));
+    }
+
+    #[test]
+    fn one_writer_at_a_time_until_it_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp");
+        let first = Checkpoint::open(&path, "p", true).unwrap();
+        assert!(matches!(
+            Checkpoint::open(&path, "p", true),
+            Err(CheckpointError::Locked { .. })
+        ));
+        // A dry run only reads: it neither needs nor takes the lock.
+        assert!(Checkpoint::open(&path, "p", false).is_ok());
+        drop(first);
+        assert!(Checkpoint::open(&path, "p", true).is_ok());
     }
 
     #[test]

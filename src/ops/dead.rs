@@ -1,5 +1,5 @@
-//! One dead-lettered message as operators see it (job id, error kind, error, attempts,
-//! failed at), the filters that select it, and the copy that a replay publishes.
+//! One dead-lettered message as operators see it (job id, file, error kind, error,
+//! attempts, failed at), the filters that select it, and the copy that a replay publishes.
 //!
 //! A DLQ message comes either from the worker (the contract's `x-error-*` headers) or
 //! from RabbitMQ itself, when the jobs queue's delivery limit ran out (only `x-death`,
@@ -16,7 +16,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::broker::publisher::Outgoing;
 use crate::broker::topology::{Topology, header_int, header_text, headers, headers_without};
-use crate::job::{ErrorKind, idempotency_key, loose_job_id};
+use crate::job::{ErrorKind, idempotency_key, loose_job_id, shown_file};
 use crate::outcome::rfc3339;
 use crate::state::JobState;
 
@@ -29,6 +29,9 @@ pub struct DeadLetter {
     /// Place in the DLQ when it was read (0 = head).
     pub position: u64,
     pub job_id: String,
+    /// The job's `file` as outputs show it (no userinfo, query or fragment), read
+    /// loosely: a body that is not a valid job may still name its file.
+    pub file: Option<String>,
     pub kind: String,
     pub error: String,
     pub attempts: Option<u32>,
@@ -53,6 +56,7 @@ impl DeadLetter {
         let mut letter = DeadLetter {
             position,
             job_id,
+            file: loose_file(body).as_deref().map(shown_file),
             kind: "unknown".into(),
             error: format!("no {} or {} header", headers::ERROR_KIND, headers::DEATH),
             attempts: count(headers::DLQ_ATTEMPTS).or(count(headers::ATTEMPTS)),
@@ -94,6 +98,7 @@ impl DeadLetter {
         json!({
             "position": self.position,
             "job_id": self.job_id,
+            "file": self.file,
             "error_kind": self.kind,
             "error": self.error,
             "attempts": self.attempts,
@@ -104,6 +109,20 @@ impl DeadLetter {
             "dead_lettered_by": if self.by_broker { "rabbitmq" } else { "worker" },
         })
     }
+}
+
+/// The `file` of a body that may not be a valid job (unknown fields, a missing
+/// `job_id`, a wrong type elsewhere), as `loose_job_id` reads the id: only a body
+/// that is not JSON, or whose `file` is not a string, has none.
+fn loose_file(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Loose {
+        file: Option<String>,
+    }
+    serde_json::from_slice::<Loose>(body)
+        .ok()?
+        .file
+        .filter(|f| !f.trim().is_empty())
 }
 
 /// The most recent entry of `x-death` (RabbitMQ keeps it first).
@@ -126,6 +145,8 @@ pub struct Filter {
     pub since: Option<OffsetDateTime>,
     /// Matching messages acted on at most; the rest stay where they are.
     pub limit: Option<usize>,
+    /// Only the message at this place in the queue (0 = head), as `dlq list` shows it.
+    pub position: Option<u64>,
 }
 
 impl Filter {
@@ -135,6 +156,13 @@ impl Filter {
             && self
                 .since
                 .is_none_or(|since| d.failed_at.is_some_and(|t| t >= since))
+            && self.position.is_none_or(|p| p == d.position)
+    }
+
+    /// Whether no message after `scanned` ones can match, so reading may stop.
+    pub fn done(&self, scanned: u64, picked: usize) -> bool {
+        self.limit.is_some_and(|limit| picked >= limit)
+            || self.position.is_some_and(|p| scanned > p)
     }
 }
 

@@ -1,5 +1,5 @@
-//! Reading the DLQ without losing or reordering it, and the three things done with
-//! what was read: list, replay (back to the jobs queue), purge.
+//! Reading the DLQ without losing or reordering it, and what is done with what was
+//! read: list or show it, replay it (back to the jobs queue), purge it.
 //!
 //! AMQP 0-9-1 has no way to look at a queue without taking its messages, so the
 //! reader takes them: a passive declare counts the messages at the start (N), a
@@ -13,6 +13,8 @@
 //! one; nothing else about it changes. If the process dies, the broker does the same
 //! when the connection drops. Only replay (after the copy is confirmed in the jobs
 //! queue) and purge (after confirmation) acknowledge, that is remove, a message.
+//! While it holds messages the reader holds its marker too (see [`super::readers`]),
+//! so that `status` and other readers can tell that the DLQ is not empty, only held.
 
 use std::time::Duration;
 
@@ -20,12 +22,13 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
+use lapin::{BasicProperties, Channel, Connection};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use super::dead::{DeadLetter, Filter, replay_copy};
 use super::progress::Progress;
+use super::readers::{self, Marker, Reader};
 use super::window::Window;
 use super::{OpsError, Pace};
 use crate::broker::publisher::{PublishError, Publisher};
@@ -45,21 +48,30 @@ pub struct Selection {
     pub total: u64,
     /// Messages read (and held).
     pub scanned: u64,
+    /// Other readers that held some of the DLQ's messages when reading started:
+    /// those messages were not seen.
+    pub held_elsewhere: Vec<Reader>,
     picked: Vec<(DeadLetter, Delivery)>,
+    marker: Option<Marker>,
 }
 
-/// Reads the DLQ and holds the messages that `filter` selects, up to its limit.
+/// Reads the DLQ as `reader` and holds the messages that `filter` selects, up to
+/// its limit.
 pub async fn select(
     connection: &Connection,
     topology: &Topology,
     filter: &Filter,
+    reader: Reader,
 ) -> Result<Selection, OpsError> {
     let queue = topology.dlq();
-    let total = u64::from(
-        super::require_queue(connection, &queue)
-            .await?
-            .message_count(),
-    );
+    let depth = super::require_queue(connection, &queue).await?;
+    let total = u64::from(depth.message_count());
+    // Only a consumer holds messages unacknowledged: no consumer, no other reader.
+    let held_elsewhere = if depth.consumer_count() > 0 {
+        readers::holding(connection, topology).await?
+    } else {
+        Vec::new()
+    };
     let channel = connection.create_channel().await?;
     let mut selection = Selection {
         channel,
@@ -67,11 +79,15 @@ pub async fn select(
         queue,
         total,
         scanned: 0,
+        held_elsewhere,
         picked: Vec::new(),
+        marker: None,
     };
     if total == 0 || filter.limit == Some(0) {
         return Ok(selection);
     }
+    // Taken before the first message is, so that no moment of holding goes unmarked.
+    selection.marker = Some(readers::hold(connection, topology, reader).await);
     // Prefetch = the count at the start (0, unlimited, past what AMQP can express):
     // the broker never sends more than the reader will look at.
     let prefetch = u16::try_from(total).unwrap_or(0);
@@ -97,12 +113,9 @@ pub async fn select(
         selection.scanned += 1;
         if filter.matches(&letter) {
             selection.picked.push((letter, delivery));
-            if filter
-                .limit
-                .is_some_and(|limit| selection.picked.len() >= limit)
-            {
-                break;
-            }
+        }
+        if filter.done(selection.scanned, selection.picked.len()) {
+            break;
         }
     }
     selection.consumer = Some(consumer);
@@ -129,6 +142,13 @@ impl Selection {
         self.picked.iter().map(|(letter, _)| letter)
     }
 
+    /// Each selected message whole: what it says, its properties and its body.
+    pub fn messages(&self) -> impl Iterator<Item = (&DeadLetter, &BasicProperties, &[u8])> {
+        self.picked
+            .iter()
+            .map(|(letter, d)| (letter, &d.properties, d.data.as_slice()))
+    }
+
     pub fn len(&self) -> usize {
         self.picked.len()
     }
@@ -140,6 +160,7 @@ impl Selection {
     /// Puts every held message back, in order (see the module documentation).
     pub async fn release(mut self) -> Result<(), OpsError> {
         let consumer = self.consumer.take();
+        let marker = self.marker.take();
         let channel = self.channel.clone();
         let settle = async move {
             if let Some(consumer) = consumer {
@@ -147,7 +168,12 @@ impl Selection {
                     .basic_cancel(consumer.tag(), BasicCancelOptions::default())
                     .await?;
             }
-            channel.close(200, "done".into()).await
+            channel.close(200, "done".into()).await?;
+            // The messages are back: the marker may go.
+            if let Some(marker) = marker {
+                marker.release().await;
+            }
+            Ok::<_, lapin::Error>(())
         };
         let outcome = tokio::time::timeout(crate::broker::CLOSE_DEADLINE, settle).await;
         self.picked.clear();
@@ -294,6 +320,7 @@ pub fn to_json(selection: &Selection, now: OffsetDateTime) -> serde_json::Value 
         "total": selection.total,
         "scanned": selection.scanned,
         "selected": selection.len(),
+        "held_by_other_readers": selection.held_elsewhere.iter().map(|r| r.command()).collect::<Vec<_>>(),
         "messages": selection.letters().map(|d| d.to_json(now)).collect::<Vec<_>>(),
     })
 }
@@ -315,9 +342,11 @@ pub fn count_by_kind(selection: &Selection) -> String {
         .join(", ")
 }
 
-/// The selection as an aligned table; errors are cut to keep lines readable.
+/// The selection as an aligned table. Files and errors are cut to keep lines
+/// readable (`--json` and `dlq show` have them whole), and every cell is flattened:
+/// a producer's text never reaches the terminal as control characters.
 pub fn to_table(selection: &Selection, now: OffsetDateTime) -> String {
-    use super::table::{Align, Table, clip, short_duration};
+    use super::table::{Align, Table, clip, clip_middle, short_duration};
     let mut table = Table::new(&[
         ("#", Align::Right),
         ("JOB ID", Align::Left),
@@ -326,13 +355,15 @@ pub fn to_table(selection: &Selection, now: OffsetDateTime) -> String {
         ("FAILED AT", Align::Left),
         ("AGE", Align::Right),
         ("REPLAYS", Align::Right),
+        ("FILE", Align::Left),
         ("ERROR", Align::Left),
     ]);
     for d in selection.letters() {
         table.row(vec![
             d.position.to_string(),
-            d.job_id.clone(),
-            d.kind.clone(),
+            // Whole: `dlq show ID` takes it as shown here.
+            clip(&d.job_id, usize::MAX),
+            clip(&d.kind, 24),
             d.attempts.map_or_else(|| "-".into(), |n| n.to_string()),
             // Whole seconds are enough to read; the JSON keeps the header's precision.
             d.failed_at
@@ -340,8 +371,16 @@ pub fn to_table(selection: &Selection, now: OffsetDateTime) -> String {
                 .map_or_else(|| "-".into(), crate::outcome::rfc3339),
             d.age(now).map_or_else(|| "-".into(), short_duration),
             d.replays.to_string(),
-            clip(&d.error, 72),
+            d.file
+                .as_deref()
+                .map_or_else(|| "-".into(), |f| clip_middle(f, FILE_WIDTH)),
+            clip(&d.error, ERROR_WIDTH),
         ]);
     }
     table.render()
 }
+
+/// Widest FILE cell: the scheme and root, then the tail that names the file.
+const FILE_WIDTH: usize = 48;
+/// Widest ERROR cell.
+const ERROR_WIDTH: usize = 60;

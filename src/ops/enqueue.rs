@@ -3,6 +3,7 @@
 //! each confirmed id goes to the checkpoint. A signal stops the sends, waits for the
 //! outstanding confirms and records them, so a resumed run publishes each job once.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::{Checkpoint, CheckpointError};
-use super::plan::{self, Defaults, Plan, PlanError, Planned, Source};
+use super::plan::{self, Cause, Defaults, Plan, PlanError, Planned, Source};
 use super::progress::Progress;
 use super::window::{Settled, Window};
 use super::{OpsError, Pace};
@@ -59,8 +60,17 @@ pub struct Tally {
     pub skipped: u64,
     /// Inputs that repeat a job of this run.
     pub duplicates: u64,
-    /// Bad manifest lines or unreadable files: never sent.
+    /// Bad manifest lines or jobs: never sent.
     pub invalid: u64,
+    /// Files and directory entries that could not be read: never sent.
+    pub unreadable: u64,
+    /// Directories that hold only subdirectories, given without `--recursive`.
+    pub no_files: u64,
+    /// Links to directories that a `--recursive` walk did not follow.
+    pub not_followed: u64,
+    /// Planned jobs from paths by the `content_type` their names declared (`None`:
+    /// nothing declared); empty when types are not declared.
+    pub declared: BTreeMap<Option<&'static str>, u64>,
     /// Sent, and refused by the broker (nack, or returned as unroutable).
     pub rejected: u64,
     /// Planned but not sent: the run was interrupted or failed.
@@ -73,7 +83,16 @@ pub struct Tally {
 
 impl Tally {
     pub fn refused(&self) -> u64 {
-        self.invalid + self.rejected
+        self.invalid + self.unreadable + self.no_files + self.rejected
+    }
+
+    /// Whether the only thing to say is that directories held no files (the refusal
+    /// lines already said it, with what to do): the summary would add nothing.
+    pub fn only_directories_without_files(&self) -> bool {
+        self.no_files > 0
+            && self.refused() == self.no_files
+            && self.published + self.skipped + self.duplicates + self.not_followed + self.unsent
+                == 0
     }
 }
 
@@ -86,31 +105,37 @@ pub async fn run(
     out: &mut dyn Write,
 ) -> Result<Tally, EnqueueError> {
     let started = Instant::now();
-    let Plan {
-        jobs,
-        refused,
-        duplicates,
-    } = plan::plan(&request.source, &request.defaults)?;
-    for r in &refused {
-        eprintln!("cxone-worker: refused {}: {}", r.origin, r.reason);
-    }
-    if request.strict && !refused.is_empty() {
-        return Err(EnqueueError::Strict(refused.len()));
-    }
+    // First: a second run on the same checkpoint stops here, before any work.
     let mut checkpoint = request
         .checkpoint
         .as_deref()
         .map(|path| Checkpoint::open(path, &broker.prefix, !request.dry_run))
         .transpose()?;
+    let Plan {
+        jobs,
+        refused,
+        duplicates,
+        not_followed,
+        declared,
+    } = plan::plan(&request.source, &request.defaults)?;
+    tell(&refused, &not_followed);
+    if request.strict && !refused.is_empty() {
+        return Err(EnqueueError::Strict(refused.len()));
+    }
     let planned = jobs.len() as u64;
     let jobs: Vec<Planned> = match &checkpoint {
         Some(cp) => jobs.into_iter().filter(|j| !cp.contains(&j.id)).collect(),
         None => jobs,
     };
+    let count = |cause| refused.iter().filter(|r| r.cause == cause).count() as u64;
     let mut tally = Tally {
         skipped: planned - jobs.len() as u64,
         duplicates,
-        invalid: refused.len() as u64,
+        invalid: count(Cause::Invalid),
+        unreadable: count(Cause::Unreadable),
+        no_files: count(Cause::NoFiles),
+        not_followed: not_followed.len() as u64,
+        declared,
         ..Tally::default()
     };
     if request.dry_run {
@@ -147,6 +172,19 @@ pub async fn run(
     }
     tally.elapsed = started.elapsed();
     Ok(tally)
+}
+
+/// One line on stderr for each input that will not be sent, and why.
+fn tell(refused: &[plan::Refusal], not_followed: &[String]) {
+    for r in refused {
+        eprintln!("cxone-worker: refused {}: {}", r.origin, r.reason);
+    }
+    for link in not_followed {
+        eprintln!(
+            "cxone-worker: skipped {link}: a link to a directory, not followed \
+             (name the directory itself to enqueue what it holds)"
+        );
+    }
 }
 
 /// Publishes `jobs` in order; returns when all are settled, on a signal (after the

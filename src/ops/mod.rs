@@ -4,12 +4,15 @@
 //! | module | responsibility |
 //! |---|---|
 //! | [`plan`] | files, directories or an NDJSON manifest -> validated jobs with stable ids |
+//! | [`mime`] | the `content_type` a file's name declares |
 //! | [`glob`] | the `--glob` pattern match on file names |
 //! | [`checkpoint`] | the ids a backfill had confirmed, appended as the confirms arrive |
 //! | [`enqueue`] | publish a plan: paced, a window of confirms, stops cleanly on a signal |
 //! | [`window`] | publishes in flight: a bounded window of confirms awaited in order |
 //! | [`dead`] | one dead-lettered message: what it says, the filters, its replay copy |
-//! | [`dlq`] | read the DLQ without losing or reordering it; list, replay, purge |
+//! | [`dlq`] | read the DLQ without losing or reordering it; list, show, replay, purge |
+//! | [`readers`] | the marker a DLQ reader holds, and who holds the DLQ's messages now |
+//! | [`letter`] | one dead letter printed whole (`dlq show`): body, properties, headers |
 //! | [`status`] | depth and consumers of every queue of the topology |
 //! | [`progress`] | a progress bar on a terminal, plain periodic lines elsewhere |
 //! | [`table`] | aligned text tables and short durations |
@@ -19,8 +22,11 @@ pub mod dead;
 pub mod dlq;
 pub mod enqueue;
 pub mod glob;
+pub mod letter;
+pub mod mime;
 pub mod plan;
 pub mod progress;
+pub mod readers;
 pub mod status;
 pub mod table;
 pub mod window;
@@ -147,7 +153,15 @@ pub async fn require_exchange(connection: &Connection, name: &str) -> Result<(),
 }
 
 fn is_not_found(e: &lapin::Error) -> bool {
-    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404)
+    amqp_code(e) == Some(404)
+}
+
+/// The AMQP reply code of a channel or connection error (404 not found, 405 locked…).
+fn amqp_code(e: &lapin::Error) -> Option<u16> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+        _ => None,
+    }
 }
 
 /// Spaces sends evenly at `rate` per second, on a fixed schedule (slot n at start +

@@ -4,7 +4,7 @@
 //! Planning the whole input first gives the progress bar its total and lets
 //! `--strict` refuse a bad manifest before a single job is published.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,11 +18,13 @@ use crate::job::{Job, idempotency_key};
 #[derive(Debug, Clone)]
 pub enum Source {
     /// Files and directories; `globs` filter the files found in directories (an
-    /// explicitly named file is always taken).
+    /// explicitly named file is always taken). With `declare_type`, each job declares
+    /// the `content_type` its file's name says (see [`super::mime`]).
     Paths {
         paths: Vec<PathBuf>,
         recursive: bool,
         globs: Vec<String>,
+        declare_type: bool,
     },
     /// One contract job per line; `None` reads stdin.
     Manifest(Option<PathBuf>),
@@ -50,7 +52,20 @@ pub struct Planned {
 #[derive(Debug, Clone)]
 pub struct Refusal {
     pub origin: String,
+    pub cause: Cause,
     pub reason: String,
+}
+
+/// What kind of input was refused, as the summary counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A manifest line or a job that the contract refuses.
+    Invalid,
+    /// A file or directory entry that cannot be read: permission denied, gone since
+    /// it was listed, a broken link, metadata that fails, not a regular file.
+    Unreadable,
+    /// A directory given without `--recursive` that holds only subdirectories.
+    NoFiles,
 }
 
 #[derive(Debug, Default)]
@@ -59,6 +74,12 @@ pub struct Plan {
     pub refused: Vec<Refusal>,
     /// Inputs that repeat a job already planned, body and all.
     pub duplicates: u64,
+    /// Links to directories met in a `--recursive` walk: not followed (a loop could
+    /// trap the walk), and said so, neither refused nor dropped silently.
+    pub not_followed: Vec<String>,
+    /// Jobs from paths by the `content_type` their file's name declared; `None`
+    /// counts those whose name declares nothing.
+    pub declared: BTreeMap<Option<&'static str>, u64>,
 }
 
 /// Reading the input itself failed (not one bad line or file).
@@ -94,8 +115,10 @@ pub fn plan(source: &Source, defaults: &Defaults) -> Result<Plan, PlanError> {
                 }
                 let origin = format!("{name}:{}", i + 1);
                 match manifest_job(&line, defaults) {
-                    Ok(job) => builder.add(origin, job),
-                    Err(reason) => builder.refuse(origin, reason),
+                    Ok(job) => {
+                        builder.add(origin, job);
+                    }
+                    Err(reason) => builder.refuse(origin, Cause::Invalid, reason),
                 }
             }
         }
@@ -103,14 +126,21 @@ pub fn plan(source: &Source, defaults: &Defaults) -> Result<Plan, PlanError> {
             paths,
             recursive,
             globs,
+            declare_type,
         } => {
+            let walk = Walk {
+                recursive: *recursive,
+                globs,
+                declare_type: *declare_type,
+                defaults,
+            };
             for path in paths {
                 match std::fs::canonicalize(path) {
-                    Err(e) => builder.refuse(path.display().to_string(), e.to_string()),
-                    Ok(abs) if abs.is_dir() => {
-                        walk(&abs, *recursive, globs, defaults, &mut builder)
+                    Err(e) => {
+                        builder.refuse(path.display().to_string(), Cause::Unreadable, e.to_string())
                     }
-                    Ok(abs) => add_file(&abs, defaults, &mut builder),
+                    Ok(abs) if abs.is_dir() => walk.dir(&abs, &mut builder),
+                    Ok(abs) => walk.file(&abs, &mut builder),
                 }
             }
         }
@@ -127,7 +157,8 @@ struct Builder {
 }
 
 impl Builder {
-    fn add(&mut self, origin: String, job: Job) {
+    /// Plans `job`; false when it repeats one already planned (or is refused so).
+    fn add(&mut self, origin: String, job: Job) -> bool {
         // A job always serializes.
         let body = serde_json::to_vec(&job).unwrap_or_default();
         let id = job
@@ -141,16 +172,21 @@ impl Builder {
             } else {
                 let reason =
                     format!("job_id {id:?} is already used by {first} for a different job");
-                self.refuse(origin, reason);
+                self.refuse(origin, Cause::Invalid, reason);
             }
-            return;
+            return false;
         }
         self.seen.insert(id.clone(), (origin, digest));
         self.plan.jobs.push(Planned { id, body });
+        true
     }
 
-    fn refuse(&mut self, origin: String, reason: String) {
-        self.plan.refused.push(Refusal { origin, reason });
+    fn refuse(&mut self, origin: String, cause: Cause, reason: String) {
+        self.plan.refused.push(Refusal {
+            origin,
+            cause,
+            reason,
+        });
     }
 }
 
@@ -174,72 +210,151 @@ fn apply(job: &mut Job, defaults: &Defaults) {
     }
 }
 
-/// Files of `dir` in name order (so runs and their progress are reproducible),
-/// descending into subdirectories with `recursive`. Symbolic links to files are taken;
-/// links to directories are not followed, so a loop cannot trap the walk.
-fn walk(dir: &Path, recursive: bool, globs: &[String], defaults: &Defaults, builder: &mut Builder) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) => return builder.refuse(dir.display().to_string(), e.to_string()),
-    };
-    let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
-    entries.sort_by_key(std::fs::DirEntry::file_name);
-    for entry in entries {
+/// How the paths of the command line become jobs.
+struct Walk<'a> {
+    recursive: bool,
+    globs: &'a [String],
+    declare_type: bool,
+    defaults: &'a Defaults,
+}
+
+impl Walk<'_> {
+    /// Files of `dir` in name order (so runs and their progress are reproducible),
+    /// descending into subdirectories with `recursive`. Symbolic links to files are
+    /// taken; links to directories are not followed, so a loop cannot trap the walk.
+    /// Every entry that cannot be read is refused with its reason, never skipped.
+    fn dir(&self, dir: &Path, builder: &mut Builder) {
+        let origin = || dir.display().to_string();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                let reason = format!("cannot list it: {e}");
+                return builder.refuse(origin(), Cause::Unreadable, reason);
+            }
+        };
+        let mut listed = Vec::new();
+        for entry in entries {
+            match entry {
+                Ok(entry) => listed.push(entry),
+                // The listing itself failed part-way: the entries after it are unknown.
+                Err(e) => builder.refuse(
+                    origin(),
+                    Cause::Unreadable,
+                    format!("listing it failed part-way: {e}"),
+                ),
+            }
+        }
+        listed.sort_by_key(std::fs::DirEntry::file_name);
+        let (mut files, mut subdirs) = (0, 0);
+        for entry in listed {
+            match self.entry(&entry, builder) {
+                Entry::Dir => subdirs += 1,
+                Entry::Other => files += 1,
+            }
+        }
+        if !self.recursive && files == 0 && subdirs > 0 {
+            let reason = format!("holds no files, only {subdirs} subdirectories: add --recursive");
+            builder.refuse(origin(), Cause::NoFiles, reason);
+        }
+    }
+
+    /// One entry of a walked directory: walked, planned, or refused with its reason.
+    fn entry(&self, entry: &std::fs::DirEntry, builder: &mut Builder) -> Entry {
         let path = entry.path();
-        let Ok(kind) = entry.file_type() else {
-            continue;
+        let origin = || path.display().to_string();
+        let kind = match entry.file_type() {
+            Ok(kind) => kind,
+            Err(e) => {
+                let reason = format!("cannot tell what it is: {e}");
+                builder.refuse(origin(), Cause::Unreadable, reason);
+                return Entry::Other;
+            }
         };
         if kind.is_dir() {
-            if recursive {
-                walk(&path, recursive, globs, defaults, builder);
+            if self.recursive {
+                self.dir(&path, builder);
             }
-            continue;
+            return Entry::Dir;
         }
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if !globs.is_empty() && !globs.iter().any(|g| super::glob::matches(g, &name)) {
-            continue;
+        if !self.globs.is_empty() && !self.globs.iter().any(|g| super::glob::matches(g, &name)) {
+            return Entry::Other;
+        }
+        if !kind.is_symlink() {
+            self.file(&path, builder);
+            return Entry::Other;
         }
         // A link is enqueued as the file it points to: its id is that file's, so a
         // link beside its target (`latest.pdf -> inv-003.pdf`) is one job, not two
-        // under two keys. Links to directories are not followed.
-        let path = if kind.is_symlink() {
-            match std::fs::canonicalize(&path) {
-                Ok(target) if target.is_file() => target,
-                _ => continue,
+        // under two keys.
+        match std::fs::canonicalize(&path) {
+            Ok(target) if target.is_dir() => {
+                if self.recursive {
+                    builder.plan.not_followed.push(origin());
+                }
+                return Entry::Dir;
             }
-        } else {
-            path
+            Ok(target) => self.file(&target, builder),
+            Err(e) => {
+                let reason = match e.kind() {
+                    std::io::ErrorKind::NotFound => {
+                        "a broken symbolic link: its target does not exist".to_owned()
+                    }
+                    _ => format!("a symbolic link that cannot be followed: {e}"),
+                };
+                builder.refuse(origin(), Cause::Unreadable, reason);
+            }
+        }
+        Entry::Other
+    }
+
+    fn file(&self, path: &Path, builder: &mut Builder) {
+        let origin = path.display().to_string();
+        let meta = match std::fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(e) => {
+                let reason = format!("cannot read its metadata: {e}");
+                return builder.refuse(origin, Cause::Unreadable, reason);
+            }
         };
-        add_file(&path, defaults, builder);
+        if !meta.is_file() {
+            let reason = "not a regular file (a FIFO, socket or device)".to_owned();
+            return builder.refuse(origin, Cause::Unreadable, reason);
+        }
+        let Some(text) = path.to_str() else {
+            return builder.refuse(
+                origin,
+                Cause::Invalid,
+                "the path is not UTF-8, which a JSON job cannot carry".into(),
+            );
+        };
+        let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+        let declared = self
+            .declare_type
+            .then(|| super::mime::declared_type(path))
+            .flatten();
+        let mut job = Job {
+            job_id: Some(file_job_id(path, meta.len(), mtime)),
+            file: format!("file://{text}"),
+            content_type: declared.map(str::to_owned),
+            data_action_id: None,
+            metadata: None,
+        };
+        apply(&mut job, self.defaults);
+        if let Err(f) = job.validate() {
+            return builder.refuse(origin, Cause::Invalid, f.message().to_owned());
+        }
+        if builder.add(origin, job) && self.declare_type {
+            *builder.plan.declared.entry(declared).or_default() += 1;
+        }
     }
 }
 
-fn add_file(path: &Path, defaults: &Defaults, builder: &mut Builder) {
-    let origin = path.display().to_string();
-    let meta = match std::fs::metadata(path) {
-        Ok(meta) => meta,
-        Err(e) => return builder.refuse(origin, e.to_string()),
-    };
-    let Some(text) = path.to_str() else {
-        return builder.refuse(
-            origin,
-            "the path is not UTF-8, which a JSON job cannot carry".into(),
-        );
-    };
-    let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
-    let mut job = Job {
-        job_id: Some(file_job_id(path, meta.len(), mtime)),
-        file: format!("file://{text}"),
-        content_type: None,
-        data_action_id: None,
-        metadata: None,
-    };
-    apply(&mut job, defaults);
-    match job.validate() {
-        Ok(()) => builder.add(origin, job),
-        Err(f) => builder.refuse(origin, f.message().to_owned()),
-    }
+/// What a directory entry counts as, for "holds no files, only subdirectories".
+enum Entry {
+    Dir,
+    Other,
 }
 
 /// A file's job id: a digest of its absolute path, size and modification time. The
@@ -264,110 +379,4 @@ pub fn file_job_id(path: &Path, size: u64, mtime: SystemTime) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn file_ids_are_stable_and_change_with_the_file() {
-        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let a = file_job_id(Path::new("/in/a.pdf"), 10, t);
-        assert_eq!(a, file_job_id(Path::new("/in/a.pdf"), 10, t));
-        assert!(a.starts_with("file-") && a.len() == 37);
-        assert_ne!(a, file_job_id(Path::new("/in/a.pdf"), 11, t));
-        assert_ne!(
-            a,
-            file_job_id(Path::new("/in/a.pdf"), 10, t + Duration::from_nanos(1))
-        );
-        assert_ne!(a, file_job_id(Path::new("/in/b.pdf"), 10, t));
-    }
-
-    #[test]
-    fn a_link_beside_its_target_is_one_job() {
-        let dir = tempfile::tempdir().unwrap();
-        let dir = dir.path().canonicalize().unwrap();
-        std::fs::write(dir.join("inv-003.pdf"), b"%PDF-1.4").unwrap();
-        std::os::unix::fs::symlink(dir.join("inv-003.pdf"), dir.join("latest.pdf")).unwrap();
-        let source = Source::Paths {
-            paths: vec![dir.clone()],
-            recursive: false,
-            globs: vec![],
-        };
-        let walked = plan(&source, &Defaults::default()).unwrap();
-        assert_eq!(walked.jobs.len(), 1, "{:?}", walked.jobs);
-        assert_eq!(walked.duplicates, 1);
-        let named = Source::Paths {
-            paths: vec![dir.join("latest.pdf")],
-            recursive: false,
-            globs: vec![],
-        };
-        let named = plan(&named, &Defaults::default()).unwrap();
-        assert_eq!(
-            named.jobs[0].id, walked.jobs[0].id,
-            "the same id whether walked or named"
-        );
-    }
-
-    #[test]
-    fn manifest_lines_get_defaults_without_overriding() {
-        let mut defaults = Defaults {
-            data_action_id: Some("flag-action".into()),
-            ..Defaults::default()
-        };
-        defaults.metadata.insert("source".into(), "backfill".into());
-        defaults.metadata.insert("batch".into(), "7".into());
-        let job = manifest_job(
-            r#"{"file":"s3://b/k","data_action_id":"own","metadata":{"source":"billing"}}"#,
-            &defaults,
-        )
-        .unwrap();
-        assert_eq!(job.data_action_id.as_deref(), Some("own"));
-        let m = job.metadata.unwrap();
-        assert_eq!(
-            (m["source"].as_str(), m["batch"].as_str()),
-            (Some("billing"), Some("7"))
-        );
-        let job = manifest_job(r#"{"file":"s3://b/k"}"#, &defaults).unwrap();
-        assert_eq!(job.data_action_id.as_deref(), Some("flag-action"));
-    }
-
-    #[test]
-    fn bad_lines_say_why() {
-        let d = Defaults::default();
-        assert!(
-            manifest_job("{not json", &d)
-                .unwrap_err()
-                .starts_with("not a contract job")
-        );
-        assert!(
-            manifest_job(r#"{"file":"s3://b/k","fle":1}"#, &d)
-                .unwrap_err()
-                .contains("unknown field")
-        );
-        assert!(
-            manifest_job(r#"{"file":"/tmp/x"}"#, &d)
-                .unwrap_err()
-                .contains("is not a file://")
-        );
-    }
-
-    #[test]
-    fn repeats_are_duplicates_and_conflicts_are_refused() {
-        let mut b = Builder::default();
-        let job = |file: &str| Job {
-            job_id: Some("j1".into()),
-            file: file.into(),
-            content_type: None,
-            data_action_id: None,
-            metadata: None,
-        };
-        b.add("m:1".into(), job("s3://b/1"));
-        b.add("m:2".into(), job("s3://b/1"));
-        b.add("m:3".into(), job("s3://b/2"));
-        assert_eq!(
-            (b.plan.jobs.len(), b.plan.duplicates, b.plan.refused.len()),
-            (1, 1, 1)
-        );
-        assert!(b.plan.refused[0].reason.contains("m:1"));
-    }
-}
+mod tests;

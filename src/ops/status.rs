@@ -2,10 +2,12 @@
 //! AMQP alone: nothing declared, nothing consumed.
 //!
 //! A passive `queue.declare` reports ready messages and consumers. Unacknowledged
-//! messages are held by consumers, so they are asked: every running worker answers a
-//! ping on `P.control` with the deliveries it holds (see `broker::control`). A queue
-//! with no consumer has none unacknowledged; a queue whose consumers are not all
-//! workers that answered shows `n/a`, never a guess.
+//! messages are held by consumers, so they are asked: every running worker, paused
+//! or not, answers a ping on `P.control` with the deliveries it holds (see
+//! `broker::control`). A queue with no consumer has none unacknowledged; a queue
+//! whose consumers are not all workers that answered shows `n/a`, never a guess. A
+//! DLQ with a consumer is checked for the markers of `dlq` readers (see
+//! `ops::readers`): its messages are then held by that reader, not gone.
 
 use std::time::Duration;
 
@@ -13,12 +15,22 @@ use lapin::Connection;
 use serde_json::{Value, json};
 
 use super::OpsError;
+use super::readers::{self, Reader};
 use super::table::{Align, Table};
-use crate::broker::control::{self, WorkerReport};
+use crate::broker::control::{self, Gather, WorkerReport};
 use crate::broker::topology::Topology;
 
-/// How long `status` waits for the workers' answers.
-const PING_WAIT: Duration = Duration::from_secs(1);
+/// How long `status` gathers the workers' answers. Each worker answers from its event
+/// loop as soon as the ping reaches its queue, so on one broker the answers arrive
+/// within milliseconds of each other (see docs/operators.md for figures): 300 ms of
+/// silence after the last one is many times that spread, and costs a person at the
+/// terminal little. The bound keeps a worker that never answers from holding
+/// `status` (and every `--watch` refresh) for longer than 3 s. With no worker at all
+/// the ping comes back unroutable and nothing is waited for.
+const GATHER: Gather = Gather {
+    quiet: Duration::from_millis(300),
+    bound: Duration::from_secs(3),
+};
 
 /// Shown under the table when some count is unknown.
 pub const UNACKED_NOTE: &str = "unacked n/a: held by consumers that are not cxone workers (or did not answer); \
@@ -30,6 +42,8 @@ pub struct QueueStatus {
     pub name: String,
     pub role: &'static str,
     pub depth: Option<Depth>,
+    /// `dlq` readers that hold the queue's messages (the DLQ only).
+    pub held_by: Vec<Reader>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -48,7 +62,7 @@ pub struct Snapshot {
 }
 
 /// The queues in the order a job meets them: jobs, retry queues (shortest delay
-/// first), DLQ, then the outputs; and the workers consuming the jobs queue.
+/// first), DLQ, then the outputs; and every worker that answers, paused or not.
 pub async fn snapshot(connection: &Connection, topology: &Topology) -> Result<Snapshot, OpsError> {
     let rank = |role: &str| {
         ["jobs", "retry", "dead letters", "results", "audit"]
@@ -67,18 +81,23 @@ pub async fn snapshot(connection: &Connection, topology: &Topology) -> Result<Sn
                 unacked: (q.consumer_count() == 0).then_some(0),
                 consumers: q.consumer_count(),
             });
+        // Only a consumer holds messages: an idle DLQ costs no marker checks.
+        let held_by = match depth {
+            Some(d) if spec.role == DLQ_ROLE && d.consumers > 0 => {
+                readers::holding(connection, topology).await?
+            }
+            _ => Vec::new(),
+        };
         queues.push(QueueStatus {
             name: spec.name,
             role: spec.role,
             depth,
+            held_by,
         });
     }
-    let jobs_consumers = queues
-        .iter()
-        .find(|q| q.role == "jobs")
-        .and_then(|q| q.depth)
-        .map_or(0, |d| d.consumers);
-    let workers = control::ping(connection, topology, jobs_consumers, PING_WAIT).await?;
+    // Always asked: a paused worker has cancelled its consumer, so the jobs queue's
+    // consumer count says nothing about how many workers run.
+    let workers = control::ping(connection, topology, GATHER).await?;
     Ok(Snapshot {
         queues: with_worker_counts(queues, &workers),
         workers,
@@ -100,19 +119,40 @@ fn with_worker_counts(mut queues: Vec<QueueStatus>, workers: &[WorkerReport]) ->
     queues
 }
 
+/// The role `Topology::queues` gives the DLQ.
+const DLQ_ROLE: &str = "dead letters";
+
+/// `held by a reader (dlq replay): back when it ends`, for the NOTE column and JSON.
+fn held_note(held_by: &[Reader]) -> Option<String> {
+    (!held_by.is_empty()).then(|| {
+        format!(
+            "held by a reader ({}): back in the queue when it ends",
+            readers::describe(held_by)
+        )
+    })
+}
+
 pub fn to_table(snapshot: &Snapshot) -> String {
-    let mut table = Table::new(&[
+    let mut columns = vec![
         ("QUEUE", Align::Left),
         ("ROLE", Align::Left),
         ("READY", Align::Right),
         ("UNACKED", Align::Right),
         ("CONSUMERS", Align::Right),
-    ]);
+    ];
+    // The NOTE column only when there is something to say: the usual table keeps
+    // its width.
+    let notes = snapshot.queues.iter().any(|q| !q.held_by.is_empty());
+    if notes {
+        columns.push(("NOTE", Align::Left));
+    }
+    let mut table = Table::new(&columns);
     let mut unknown = false;
     for q in &snapshot.queues {
         let (ready, unacked, consumers) = match q.depth {
             Some(d) => {
-                unknown |= d.unacked.is_none();
+                // A reader's hold is explained on its own line, not by the n/a note.
+                unknown |= d.unacked.is_none() && q.held_by.is_empty();
                 let unacked = d
                     .unacked
                     .map_or_else(|| "n/a".to_owned(), |n| n.to_string());
@@ -120,13 +160,11 @@ pub fn to_table(snapshot: &Snapshot) -> String {
             }
             None => ("missing".to_owned(), "-".to_owned(), "-".to_owned()),
         };
-        table.row(vec![
-            q.name.clone(),
-            q.role.to_owned(),
-            ready,
-            unacked,
-            consumers,
-        ]);
+        let mut row = vec![q.name.clone(), q.role.to_owned(), ready, unacked, consumers];
+        if notes {
+            row.push(held_note(&q.held_by).unwrap_or_default());
+        }
+        table.row(row);
     }
     let mut out = table.render();
     if !snapshot.workers.is_empty() {
@@ -176,6 +214,8 @@ pub fn to_json(snapshot: &Snapshot, at: &str) -> Value {
                 "ready": q.depth.map(|d| d.ready),
                 "unacked": q.depth.and_then(|d| d.unacked),
                 "consumers": q.depth.map(|d| d.consumers),
+                "held_by": q.held_by.iter().map(|r| r.command()).collect::<Vec<_>>(),
+                "note": held_note(&q.held_by),
             })
         })
         .collect();
@@ -195,6 +235,7 @@ mod tests {
                 unacked: (consumers == 0).then_some(0),
                 consumers,
             }),
+            held_by: Vec::new(),
         }
     }
 
@@ -218,6 +259,7 @@ mod tests {
                 name: "p.retry.5s".into(),
                 role: "retry",
                 depth: None,
+                held_by: Vec::new(),
             },
             queue("p.audit", "audit", 7, 0),
         ];
@@ -239,6 +281,35 @@ mod tests {
             None,
             "a consumer that did not answer"
         );
+    }
+
+    #[test]
+    fn a_held_dlq_gets_a_note_and_no_n_a_footnote() {
+        let mut dlq = queue("p.jobs.dlq", DLQ_ROLE, 0, 1);
+        dlq.depth = dlq.depth.map(|d| Depth { unacked: None, ..d });
+        dlq.held_by = vec![Reader::Replay];
+        let snapshot = Snapshot {
+            queues: vec![queue("p.jobs", "jobs", 3, 0), dlq],
+            workers: vec![],
+        };
+        let table = to_table(&snapshot);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].ends_with("CONSUMERS  NOTE"), "{table}");
+        assert!(
+            lines[2].ends_with(
+                "  n/a          1  held by a reader (dlq replay): back in the queue when it ends"
+            ),
+            "{table}"
+        );
+        assert_eq!(
+            lines[1].trim_end(),
+            lines[1],
+            "no trailing blanks where there is no note"
+        );
+        assert!(!table.contains("unacked n/a"), "{table}");
+        let j = to_json(&snapshot, "t");
+        assert_eq!(j["queues"][1]["held_by"], serde_json::json!(["dlq replay"]));
+        assert!(j["queues"][0]["note"].is_null());
     }
 
     #[test]

@@ -96,6 +96,22 @@ pub fn clip(text: &str, max: usize) -> String {
     cut
 }
 
+/// Text cut to `max` characters in its middle, for paths: the head says where (the
+/// scheme, the root), the tail names the file, and `…` stands for what was cut.
+pub fn clip_middle(text: &str, max: usize) -> String {
+    let flat = clip(text, usize::MAX);
+    let n = flat.chars().count();
+    if n <= max || max < 3 {
+        return clip(&flat, max);
+    }
+    let head = (max - 1) / 3;
+    let tail = max - 1 - head;
+    let mut cut: String = flat.chars().take(head).collect();
+    cut.push('…');
+    cut.extend(flat.chars().skip(n - tail));
+    cut
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +149,20 @@ mod tests {
     fn clip_cuts_on_characters() {
         assert_eq!(clip("héllo\nworld", 20), "héllo world");
         assert_eq!(clip("ééééé", 3), "éé…");
+    }
+
+    #[test]
+    fn clip_middle_keeps_both_ends() {
+        let path = "file:///data/backfill/2026-01/invoices/inv-000123.pdf";
+        let cut = clip_middle(path, 30);
+        assert_eq!(cut.chars().count(), 30);
+        assert_eq!(cut, "file:///d…oices/inv-000123.pdf");
+        assert_eq!(clip_middle("short.pdf", 30), "short.pdf");
+        assert_eq!(
+            clip_middle("a\u{1b}[2Jb", 30),
+            "a [2Jb",
+            "no escape reaches the terminal"
+        );
+        assert_eq!(clip_middle("abcdef", 2), "a…");
     }
 }

@@ -136,12 +136,14 @@ async fn a_replay_whose_connection_the_broker_closes_stops_and_says_so() {
     let b = Broker::new().await;
     let ids = fill_many(&b, 1000).await;
     let window = WINDOW.to_string();
+    // Slow enough that the replay is still going when `rabbitmqctl` (seconds to start
+    // on a loaded machine) closes its connection.
     let child = b
         .cli(&[
             "dlq",
             "replay",
             "--rate",
-            "300",
+            "100",
             "--confirm-window",
             &window,
         ])

@@ -122,6 +122,7 @@ fn filters_combine() {
         job_ids: ids.iter().map(|s| s.to_string()).collect(),
         since: since.map(at),
         limit: None,
+        position: None,
     };
     assert!(f(&[], &[], None).matches(&d));
     assert!(f(&["rejected", "exhausted"], &[], None).matches(&d));
