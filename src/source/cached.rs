@@ -72,7 +72,9 @@ impl CachedRoots {
             .iter()
             .find(|(root, _)| lexical.starts_with(root))?;
         let relative = lexical.strip_prefix(root).ok()?;
-        if relative.as_os_str().is_empty() {
+        // A NUL byte would reach openat2 as EINVAL, the sign of a kernel without
+        // RESOLVE_CACHED: the blocking path refuses such a name instead.
+        if relative.as_os_str().is_empty() || relative.as_os_str().as_encoded_bytes().contains(&0) {
             return None;
         }
         let file = match open_beneath(dir, relative) {
