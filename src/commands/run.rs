@@ -53,7 +53,10 @@ pub async fn serve(
         sources,
         client: Arc::new(client),
         storage,
-        budget: ByteBudget::new(settings.max_inflight_bytes),
+        budget: ByteBudget::for_files(
+            settings.max_inflight_bytes,
+            settings.files.max_payload_bytes,
+        ),
         config: WorkerConfig::from_settings(&settings),
         tally: Tally::default(),
     });

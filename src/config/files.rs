@@ -95,7 +95,7 @@ pub struct FileArgs {
 }
 
 const DEFAULT_MIN_RATE: &str = "65536";
-const DEFAULT_MIN_RATE_WINDOW: &str = "5s";
+const DEFAULT_MIN_RATE_WINDOW: &str = "3s";
 
 /// One `FILE_HTTP_ALLOWED_HOSTS` entry: a host (as `url` normalises it: lowercase,
 /// IDNA, IPv6 in brackets) and the ports it may be reached on.
@@ -128,7 +128,9 @@ impl AllowedHost {
                     digits => match digits.parse::<u16>() {
                         Ok(p) if p > 0 => AllowedPort::Only(p),
                         _ => {
-                            return Err(format!("{entry:?}: {port:?} is not a port (1-65535 or *)"));
+                            return Err(format!(
+                                "{entry:?}: {port:?} is not a port (1-65535 or *)"
+                            ));
                         }
                     },
                 };
