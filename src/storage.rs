@@ -37,9 +37,9 @@ const MAX_NAME: usize = 200;
 pub const PROBE_NAME: &str = ".cxone-worker-probe";
 
 enum Target {
-    /// A `file://` directory. Its store is made at the first write, so that a
-    /// directory that cannot be made yet (a mount not there) is a refusal the worker
-    /// pauses on, not a start that fails.
+    /// A `file://` directory. Made at start if it can be, else at the first write
+    /// that can: a directory that cannot be made yet (a mount not there) is a
+    /// refusal the worker pauses on, not a start that fails.
     Local {
         dir: PathBuf,
         store: Mutex<Option<Arc<dyn ObjectStore>>>,
@@ -97,8 +97,9 @@ struct Tail<'a> {
 }
 
 impl Storage {
-    /// Prepares the endpoint; no network is touched and no directory made yet.
-    /// Object stores are configured from the process environment (`AWS_*`, `AZURE_*`, …).
+    /// Prepares the endpoint: a local directory is made if it can be, no network is
+    /// touched. Object stores are configured from the process environment
+    /// (`AWS_*`, `AZURE_*`, …).
     pub fn new(settings: &StorageSettings) -> Result<Self, ConfigError> {
         Self::with_cloud_env(settings, &CloudEnv::from_process())
     }
@@ -111,12 +112,21 @@ impl Storage {
         };
         let url = url::Url::parse(&settings.endpoint).map_err(|e| bad(e.to_string()))?;
         let target = match url.scheme() {
-            "file" => Target::Local {
-                dir: url
+            "file" => {
+                let dir = url
                     .to_file_path()
-                    .map_err(|()| bad(format!("{url} is not a local path")))?,
-                store: Mutex::new(None),
-            },
+                    .map_err(|()| bad(format!("{url} is not a local path")))?;
+                // Made now when it can be; when not, the first write (or probe)
+                // tries again and says why it cannot.
+                let store = std::fs::create_dir_all(&dir)
+                    .ok()
+                    .and_then(|()| LocalFileSystem::new_with_prefix(&dir).ok())
+                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>);
+                Target::Local {
+                    dir,
+                    store: Mutex::new(store),
+                }
+            }
             "http" | "https" => {
                 let mut client = reqwest::Client::builder()
                     .connect_timeout(Duration::from_secs(10))
@@ -147,14 +157,8 @@ impl Storage {
                     .map_err(|e| bad(crate::telemetry::chain(&e)))?;
                 let prefix =
                     ObjectPath::from_url_path(url.path()).map_err(|e| bad(e.to_string()))?;
-                // object_store escapes some characters of a key (`~`, `%`, `#`, …):
-                // the records would not be where their URI says.
-                if prefix.as_ref().contains('%') {
-                    return Err(bad(format!(
-                        "the prefix {:?} holds characters that object stores escape (such as ~ # % [ ] {{ }} ^ | ` < > \\ * ?); choose one without",
-                        url.path()
-                    )));
-                }
+                // Taken as it is (decoded, never escaped): the URI of a record is the
+                // endpoint's URL and its name.
                 Target::Objects { store, prefix }
             }
         };
@@ -300,7 +304,18 @@ async fn local_store(
     if let Some(store) = cell.lock().unwrap_or_else(|p| p.into_inner()).clone() {
         return Ok(store);
     }
-    tokio::fs::create_dir_all(dir).await.map_err(Cause::Io)?;
+    tokio::fs::create_dir_all(dir).await.map_err(|e| {
+        // Something that is not a directory stands where the directory should be.
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            let message = format!("{} exists and is not a directory", dir.display());
+            Cause::Io(std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                message,
+            ))
+        } else {
+            Cause::Io(e)
+        }
+    })?;
     let store: Arc<dyn ObjectStore> =
         Arc::new(LocalFileSystem::new_with_prefix(dir).map_err(Cause::Store)?);
     *cell.lock().unwrap_or_else(|p| p.into_inner()) = Some(store.clone());
@@ -488,6 +503,36 @@ mod tests {
             assert_eq!(ObjectPath::from(name.as_str()).as_ref(), name);
             let url = url::Url::parse("s3://b/p").unwrap().join_segment(&name);
             assert_eq!(url.path(), format!("/p/{name}"));
+        }
+    }
+
+    #[test]
+    fn record_uris_are_the_endpoint_and_the_name() {
+        let at = |endpoint: &str| {
+            let settings = StorageSettings {
+                endpoint: endpoint.to_owned(),
+                token: None,
+                ca_pem: None,
+                payload: StoragePayload::None,
+            };
+            let env = CloudEnv::from_pairs([("AWS_REGION", "us-east-1")]);
+            let storage = Storage::with_cloud_env(&settings, &env).unwrap();
+            let Target::Objects { prefix, .. } = &storage.target else {
+                panic!("an object store");
+            };
+            (storage.uri("j"), prefix.as_ref().to_owned())
+        };
+        // The prefix is the URL's path decoded, never escaped again: the URI's
+        // path decoded is the key.
+        for (endpoint, key) in [
+            ("s3://b/records/2026", "records/2026"),
+            ("s3://b", ""),
+            ("s3://b/a~b", "a~b"),
+            ("s3://b/100%25/x%23y", "100%/x#y"),
+        ] {
+            let (uri, prefix) = at(endpoint);
+            assert_eq!(uri, format!("{endpoint}/j.json"));
+            assert_eq!(prefix, key, "{endpoint}");
         }
     }
 

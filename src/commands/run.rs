@@ -46,8 +46,8 @@ pub async fn serve(
         .storage
         .as_ref()
         .map(Storage::new)
-        .transpose()
-        .context("EXTERNAL_STORAGE_ENDPOINT")?;
+        // The error names its variable already.
+        .transpose()?;
     let sources = Sources::new(&settings.files)?;
     let worker = Arc::new(Worker {
         sources,

@@ -82,7 +82,7 @@ pub struct FileArgs {
     /// Longest wait for an http(s) source to connect, to answer, and between two
     /// pieces of its body; also the longest a download waits for room in
     /// MAX_INFLIGHT_BYTES before it gives up (retryable).
-    #[arg(long, env = "FILE_HTTP_TIMEOUT", default_value = "30s")]
+    #[arg(long, env = "FILE_HTTP_TIMEOUT", default_value = DEFAULT_HTTP_TIMEOUT)]
     pub file_http_timeout: String,
     /// Slowest transfer accepted from an http(s) or object-store source, in bytes per
     /// second over FILE_MIN_RATE_WINDOW; a slower one is cut off (retryable). 0 = off.
@@ -94,6 +94,9 @@ pub struct FileArgs {
     pub file_min_rate_window: String,
 }
 
+/// Ten seconds to connect and to answer: a server that stalls its answer holds a job
+/// (no memory) that long per attempt; a slow body is the minimum rate's to cut.
+const DEFAULT_HTTP_TIMEOUT: &str = "10s";
 const DEFAULT_MIN_RATE: &str = "65536";
 const DEFAULT_MIN_RATE_WINDOW: &str = "3s";
 
@@ -219,7 +222,11 @@ impl FileArgs {
                 .as_deref()
                 .map(|p| read_ca_file("FILE_HTTP_CA_FILE", p))
                 .transpose()?,
-            http_timeout: duration("FILE_HTTP_TIMEOUT", &self.file_http_timeout, "30s")?,
+            http_timeout: duration(
+                "FILE_HTTP_TIMEOUT",
+                &self.file_http_timeout,
+                DEFAULT_HTTP_TIMEOUT,
+            )?,
             min_rate: number("FILE_MIN_RATE", &self.file_min_rate, DEFAULT_MIN_RATE)?,
             min_rate_window,
         })

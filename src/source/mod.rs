@@ -129,9 +129,11 @@ pub struct Fetched {
 
 impl Sources {
     /// Opens `reference`, reserves its size in `budget` (waiting for room), and reads
-    /// it. A local file whose size fits the budget right away is opened and read in
-    /// one trip to the blocking pool, the common case of a busy worker; with roots on
-    /// local disks, a small file the page cache holds needs no trip at all.
+    /// it; an `http(s)` body, whose size is only claimed, reserves as it arrives
+    /// instead, waiting a bounded time. A local file whose size fits the budget right
+    /// away is opened and read in one trip to the blocking pool, the common case of a
+    /// busy worker; with roots on local disks, a small file the page cache holds
+    /// needs no trip at all.
     pub async fn fetch(&self, reference: &str, budget: &ByteBudget) -> Result<Fetched, Failure> {
         let max = self.max_bytes;
         if let Some(opened) = self.cached.open(reference, max) {

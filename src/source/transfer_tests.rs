@@ -1,3 +1,5 @@
+//! Tests of `transfer.rs`: the cap, the minimum rate (on a paused clock), pieces, growth.
+
 use super::*;
 use crate::budget::ByteBudget;
 use crate::job::ErrorKind;

@@ -117,6 +117,13 @@ async fn local_directories_that_take_no_write_are_refused() {
         vec![],
     );
     both(kinds(&under_file).await, StorageErrorKind::Refused);
+    let is_file = storage(
+        format!("file://{}/plain", dir.path().display()),
+        StoragePayload::Base64,
+        None,
+        vec![],
+    );
+    both(kinds(&is_file).await, StorageErrorKind::Refused);
 
     let read_only = ReadOnlyDir::new(dir.path());
     match &read_only {
@@ -193,15 +200,15 @@ async fn the_probe_writes_one_small_object_beside_the_records() {
 
     let dir = tempfile::tempdir().unwrap();
     let file = storage(
-        format!("file://{}/made/at/first/write", dir.path().display()),
+        format!("file://{}/made/by/storage", dir.path().display()),
         StoragePayload::Base64,
         None,
         vec![],
     );
-    file.probe().await.expect("the directory is made");
+    file.probe().await.expect("a working directory");
     assert!(
         dir.path()
-            .join("made/at/first/write")
+            .join("made/by/storage")
             .join(PROBE_NAME)
             .is_file()
     );
