@@ -3,51 +3,47 @@
 //!
 //! The record's `encoded_data` is the base64 text of the request body, shared with
 //! it: the record is sent as a list of chunks and never copies the payload.
+//!
+//! A write that fails says what it means (`error.rs`): storage refusing us or out
+//! of reach pauses the worker, a failure of this one record retries the job.
+//! [`Storage::probe`] tells when storage takes writes again.
 
-use std::sync::Arc;
+mod error;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
+use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::config::{Secret, StoragePayload, StorageSettings};
+use crate::config::{ConfigError, Secret, StoragePayload, StorageSettings};
 use crate::source::CloudEnv;
 use crate::source::stores::{self, Cloud};
 use crate::telemetry::names;
+use error::Cause;
+pub use error::{StorageError, StorageErrorKind};
 
 /// Longest object name kept readable; longer ones are cut and suffixed with a hash.
 const MAX_NAME: usize = 200;
 
-#[derive(Debug, thiserror::Error)]
-#[error("storage write of {name} failed: {message}")]
-pub struct StorageError {
-    name: String,
-    message: String,
-}
-
-/// The decision a storage error drives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StorageErrorKind {
-    /// The endpoint refuses the worker: a pause.
-    Refused,
-    /// The endpoint is down: a pause.
-    Unavailable,
-    /// Anything else: the job's record is written again later.
-    Failed,
-}
-
-impl StorageError {
-    /// Interim: every failure is a retry until errors are sorted by their source.
-    pub fn kind(&self) -> StorageErrorKind {
-        StorageErrorKind::Failed
-    }
-}
+/// The object [`Storage::probe`] writes, beside the records. No record is named so:
+/// [`object_name`] never starts a name with a dot.
+pub const PROBE_NAME: &str = ".cxone-worker-probe";
 
 enum Target {
+    /// A `file://` directory. Made at start if it can be, else at the first write
+    /// that can: a directory that cannot be made yet (a mount not there) is a
+    /// refusal the worker pauses on, not a start that fails.
+    Local {
+        dir: PathBuf,
+        store: Mutex<Option<Arc<dyn ObjectStore>>>,
+    },
     Objects {
         store: Arc<dyn ObjectStore>,
         prefix: ObjectPath,
@@ -61,7 +57,8 @@ enum Target {
 
 pub struct Storage {
     target: Target,
-    endpoint: String,
+    /// The endpoint, parsed: records' URIs are this plus their name.
+    endpoint: url::Url,
     payload: StoragePayload,
     backoff: ExponentialBuilder,
 }
@@ -100,25 +97,34 @@ struct Tail<'a> {
 }
 
 impl Storage {
-    /// Connects to the endpoint; a local directory is created if missing. Object
-    /// stores are configured from the process environment (`AWS_*`, `AZURE_*`, …).
-    pub fn new(settings: &StorageSettings) -> anyhow::Result<Self> {
+    /// Prepares the endpoint: a local directory is made if it can be, no network is
+    /// touched. Object stores are configured from the process environment
+    /// (`AWS_*`, `AZURE_*`, …).
+    pub fn new(settings: &StorageSettings) -> Result<Self, ConfigError> {
         Self::with_cloud_env(settings, &CloudEnv::from_process())
     }
 
     /// As [`Storage::new`], object stores configured from `env` instead.
-    pub fn with_cloud_env(settings: &StorageSettings, env: &CloudEnv) -> anyhow::Result<Self> {
-        let url = url::Url::parse(&settings.endpoint)?;
+    pub fn with_cloud_env(settings: &StorageSettings, env: &CloudEnv) -> Result<Self, ConfigError> {
+        let bad = |message: String| ConfigError {
+            var: "EXTERNAL_STORAGE_ENDPOINT",
+            message,
+        };
+        let url = url::Url::parse(&settings.endpoint).map_err(|e| bad(e.to_string()))?;
         let target = match url.scheme() {
             "file" => {
-                let dir = url.to_file_path().map_err(|()| {
-                    anyhow::anyhow!("EXTERNAL_STORAGE_ENDPOINT: {url} is not a local path")
-                })?;
-                std::fs::create_dir_all(&dir)?;
-                let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)?;
-                Target::Objects {
-                    store: Arc::new(store),
-                    prefix: ObjectPath::default(),
+                let dir = url
+                    .to_file_path()
+                    .map_err(|()| bad(format!("{url} is not a local path")))?;
+                // Made now when it can be; when not, the first write (or probe)
+                // tries again and says why it cannot.
+                let store = std::fs::create_dir_all(&dir)
+                    .ok()
+                    .and_then(|()| LocalFileSystem::new_with_prefix(&dir).ok())
+                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>);
+                Target::Local {
+                    dir,
+                    store: Mutex::new(store),
                 }
             }
             "http" | "https" => {
@@ -127,37 +133,38 @@ impl Storage {
                     .timeout(Duration::from_secs(120))
                     .redirect(reqwest::redirect::Policy::none());
                 if let Some(pem) = &settings.ca_pem {
-                    client = client.tls_certs_merge(reqwest::Certificate::from_pem_bundle(pem)?);
+                    let certs =
+                        reqwest::Certificate::from_pem_bundle(pem).map_err(|e| ConfigError {
+                            var: "EXTERNAL_STORAGE_CA_FILE",
+                            message: e.to_string(),
+                        })?;
+                    client = client.tls_certs_merge(certs);
                 }
                 Target::Http {
-                    client: client.build()?,
-                    base: url,
+                    client: client
+                        .build()
+                        .map_err(|e| bad(format!("cannot build the https client: {e}")))?,
+                    base: url.clone(),
                     token: settings.token.clone(),
                 }
             }
             scheme => {
                 // s3://bucket/prefix, az://container/prefix, gs://bucket/prefix.
-                let cloud = Cloud::from_scheme(scheme).ok_or_else(|| {
-                    anyhow::anyhow!("EXTERNAL_STORAGE_ENDPOINT: {scheme}:// is not supported")
-                })?;
+                let cloud = Cloud::from_scheme(scheme)
+                    .ok_or_else(|| bad(format!("{scheme}:// is not supported")))?;
                 let bucket = url.host_str().unwrap_or_default();
-                let store = stores::build(cloud, bucket, env)?;
-                Target::Objects {
-                    store,
-                    prefix: ObjectPath::from_url_path(url.path())?,
-                }
+                let store = stores::build(cloud, bucket, env)
+                    .map_err(|e| bad(crate::telemetry::chain(&e)))?;
+                let prefix =
+                    ObjectPath::from_url_path(url.path()).map_err(|e| bad(e.to_string()))?;
+                // Taken as it is (decoded, never escaped): the URI of a record is the
+                // endpoint's URL and its name.
+                Target::Objects { store, prefix }
             }
-        };
-        // Results carry the record's URI: never the userinfo or query of an http(s) endpoint.
-        let endpoint = match &target {
-            Target::Http { base, .. } => crate::source::shown_url(base)
-                .trim_end_matches('/')
-                .to_owned(),
-            Target::Objects { .. } => settings.endpoint.clone(),
         };
         Ok(Self {
             target,
-            endpoint,
+            endpoint: url,
             payload: settings.payload,
             backoff: ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(200))
@@ -170,19 +177,23 @@ impl Storage {
         self.payload
     }
 
-    /// Whether storage takes a write now: the probe of a storage pause.
-    pub async fn probe(&self) -> Result<(), StorageError> {
-        self.put(".cxone-worker-probe", vec![Bytes::from_static(b"{}")])
-            .await
+    /// Where the record of `job_id` lands: the URI of exactly the object that
+    /// [`Storage::write`] writes. Never the userinfo or query of an http(s) endpoint.
+    pub fn uri(&self, job_id: &str) -> String {
+        self.uri_of(&format!("{}.json", object_name(job_id)))
     }
 
-    /// Where the record of `job_id` lands.
-    pub fn uri(&self, job_id: &str) -> String {
-        format!("{}/{}.json", self.endpoint, object_name(job_id))
+    fn uri_of(&self, name: &str) -> String {
+        let url = self.endpoint.join_segment(name);
+        match &self.target {
+            Target::Http { .. } => crate::source::shown_url(&url),
+            Target::Local { .. } | Target::Objects { .. } => url.to_string(),
+        }
     }
 
     /// Writes the record (and the raw sibling for `STORAGE_PAYLOAD=raw`), retrying
-    /// briefly; a write that still fails is the caller's to retry later.
+    /// briefly what may pass; a write that still fails says, by its
+    /// [`StorageError::kind`], whether to pause the worker or retry the job.
     pub async fn write(&self, record: &Record<'_>) -> Result<(), StorageError> {
         let name = object_name(record.job_id);
         if let (StoragePayload::Raw, Some(raw)) = (self.payload, &record.raw) {
@@ -191,6 +202,23 @@ impl Storage {
         }
         let chunks = self.record_chunks(record);
         self.put_retrying(&format!("{name}.json"), chunks).await
+    }
+
+    /// Whether storage takes a write now: the worker asks while it is paused on a
+    /// storage failure, and resumes when this succeeds. One attempt, no retries.
+    ///
+    /// It overwrites [`PROBE_NAME`] beside the records, rather than writing and
+    /// deleting a fresh object: a write is what the records need, so read-only file
+    /// systems, refused credentials and missing buckets all show, while a delete
+    /// would need a permission (s3:DeleteObject) the worker has no other use for, and
+    /// a probe that failed between the two would leave objects behind. One small
+    /// object stays, overwritten each time.
+    pub async fn probe(&self) -> Result<(), StorageError> {
+        let body = format!(
+            r#"{{"probe":"cxone-worker","at":"{}"}}"#,
+            crate::outcome::rfc3339(crate::outcome::now())
+        );
+        self.put(PROBE_NAME, vec![Bytes::from(body)]).await
     }
 
     fn record_chunks(&self, r: &Record<'_>) -> Vec<Bytes> {
@@ -230,6 +258,8 @@ impl Storage {
         let result = put
             .retry(self.backoff)
             .sleep(tokio::time::sleep)
+            // A refusal will not pass in a second: say so at once.
+            .when(|e| e.kind() != StorageErrorKind::Refused)
             .notify(|e, wait| tracing::warn!(error = %e, retry_in = ?wait, "storage write failed"))
             .await;
         let label = if result.is_ok() { "ok" } else { "error" };
@@ -238,51 +268,92 @@ impl Storage {
     }
 
     async fn put(&self, name: &str, chunks: Vec<Bytes>) -> Result<(), StorageError> {
-        let fail = |message: String| StorageError {
-            name: name.to_owned(),
-            message,
-        };
-        match &self.target {
-            Target::Objects { store, prefix } => {
-                let path = prefix.clone().join(name);
-                let payload: PutPayload = chunks.into_iter().collect();
-                store
-                    .put(&path, payload)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| fail(crate::telemetry::chain(&e)))
-            }
+        let fail = |cause| StorageError::new(name, cause);
+        let (store, path) = match &self.target {
+            Target::Local { dir, store } => (
+                local_store(dir, store).await.map_err(fail)?,
+                ObjectPath::from(name),
+            ),
+            Target::Objects { store, prefix } => (store.clone(), prefix.clone().join(name)),
             Target::Http {
                 client,
                 base,
                 token,
             } => {
-                let url = base.join_segment(name);
-                let length: usize = chunks.iter().map(Bytes::len).sum();
-                let body = reqwest::Body::wrap_stream(futures_util::stream::iter(
-                    chunks.into_iter().map(Ok::<_, std::io::Error>),
-                ));
-                let mut request = client
-                    .put(url)
-                    .header(reqwest::header::CONTENT_LENGTH, length)
-                    .header(reqwest::header::CONTENT_TYPE, content_type_of(name))
-                    .body(body);
-                if let Some(token) = token {
-                    request = request.bearer_auth(token.expose());
-                }
-                let response = request
-                    .send()
+                return put_http(client, &base.join_segment(name), token.as_ref(), chunks)
                     .await
-                    // Without the URL: the endpoint may carry a token in its query.
-                    .map_err(|e| fail(crate::telemetry::chain(&e.without_url())))?;
-                let status = response.status();
-                if status.is_success() {
-                    Ok(())
-                } else {
-                    Err(fail(format!("PUT answered {status}")))
-                }
+                    .map_err(fail);
             }
+        };
+        let payload: PutPayload = chunks.into_iter().collect();
+        store
+            .put(&path, payload)
+            .await
+            .map(|_| ())
+            .map_err(|e| fail(Cause::Store(e)))
+    }
+}
+
+/// The store of a `file://` directory, made (with the directory) at the first write
+/// that finds it missing; a failure is kept for no one, so the next write tries again.
+async fn local_store(
+    dir: &std::path::Path,
+    cell: &Mutex<Option<Arc<dyn ObjectStore>>>,
+) -> Result<Arc<dyn ObjectStore>, Cause> {
+    // A poisoned lock only means a writer panicked: the cell itself is whole.
+    if let Some(store) = cell.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        return Ok(store);
+    }
+    tokio::fs::create_dir_all(dir).await.map_err(|e| {
+        // Something that is not a directory stands where the directory should be.
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            let message = format!("{} exists and is not a directory", dir.display());
+            Cause::Io(std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                message,
+            ))
+        } else {
+            Cause::Io(e)
         }
+    })?;
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(dir).map_err(Cause::Store)?);
+    *cell.lock().unwrap_or_else(|p| p.into_inner()) = Some(store.clone());
+    Ok(store)
+}
+
+async fn put_http(
+    client: &reqwest::Client,
+    url: &url::Url,
+    token: Option<&Secret<String>>,
+    chunks: Vec<Bytes>,
+) -> Result<(), Cause> {
+    let length: usize = chunks.iter().map(Bytes::len).sum();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(
+        chunks.into_iter().map(Ok::<_, std::io::Error>),
+    ));
+    let name = url
+        .path_segments()
+        .and_then(|mut s| s.next_back())
+        .unwrap_or("");
+    let mut request = client
+        .put(url.clone())
+        .header(reqwest::header::CONTENT_LENGTH, length)
+        .header(reqwest::header::CONTENT_TYPE, content_type_of(name))
+        .body(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token.expose());
+    }
+    let response = request
+        .send()
+        .await
+        // Without the URL: the endpoint may carry a token in its query.
+        .map_err(|e| Cause::Transport(e.without_url()))?;
+    let status = response.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(Cause::Status(status))
     }
 }
 
@@ -322,11 +393,13 @@ pub fn object_name(job_id: &str) -> String {
         }
     }
     if out.len() > MAX_NAME {
-        // `=~` never comes out of the escaping above (`~` is escaped as `=7E`), so a
-        // shortened name cannot equal the escaped name of another id.
+        // `=_` never comes out of the escaping above (`=` is always followed by two
+        // hex digits), so a shortened name cannot equal the escaped name of another
+        // id; and `_`, unlike the `~` once used, is a character no object store
+        // escapes, so the name written is the name in the record's URI.
         let hash = crate::encode::sha256_hex(job_id.as_bytes());
         out.truncate(MAX_NAME - 34);
-        out.push_str("=~");
+        out.push_str("=_");
         out.push_str(&hash[..32]);
     }
     out
@@ -348,9 +421,9 @@ mod tests {
         let name = object_name(&long);
         assert!(name.len() <= MAX_NAME);
         assert_ne!(name, object_name(&"x/".repeat(199)));
-        assert!(name.contains("=~"), "{name}");
-        // No id short enough to be kept whole can be named with the `=~` marker.
-        assert_eq!(object_name("a~b"), "a=7Eb");
+        assert!(name.contains("=_"), "{name}");
+        // No id short enough to be kept whole can be named with the `=_` marker.
+        assert_eq!(object_name("a=_b"), "a=3D_b");
     }
 
     fn record(base64: &'static [u8]) -> Record<'static> {
@@ -415,6 +488,72 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn object_names_are_left_alone_by_every_store() {
+        // What `write` writes is what `uri` says only if no layer escapes a
+        // character of the name: object_store's keys, url's path segments.
+        let names = [
+            object_name(&"x/".repeat(200)),
+            object_name("inv~2026/ä?#%*[]{}"),
+            object_name(&"~".repeat(300)),
+        ];
+        for name in names {
+            assert_eq!(ObjectPath::from(name.as_str()).as_ref(), name);
+            let url = url::Url::parse("s3://b/p").unwrap().join_segment(&name);
+            assert_eq!(url.path(), format!("/p/{name}"));
+        }
+    }
+
+    #[test]
+    fn record_uris_are_the_endpoint_and_the_name() {
+        let at = |endpoint: &str| {
+            let settings = StorageSettings {
+                endpoint: endpoint.to_owned(),
+                token: None,
+                ca_pem: None,
+                payload: StoragePayload::None,
+            };
+            let env = CloudEnv::from_pairs([("AWS_REGION", "us-east-1")]);
+            let storage = Storage::with_cloud_env(&settings, &env).unwrap();
+            let Target::Objects { prefix, .. } = &storage.target else {
+                panic!("an object store");
+            };
+            (storage.uri("j"), prefix.as_ref().to_owned())
+        };
+        // The prefix is the URL's path decoded, never escaped again: the URI's
+        // path decoded is the key.
+        for (endpoint, key) in [
+            ("s3://b/records/2026", "records/2026"),
+            ("s3://b", ""),
+            ("s3://b/a~b", "a~b"),
+            ("s3://b/100%25/x%23y", "100%/x#y"),
+        ] {
+            let (uri, prefix) = at(endpoint);
+            assert_eq!(uri, format!("{endpoint}/j.json"));
+            assert_eq!(prefix, key, "{endpoint}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_uri_of_a_shortened_name_is_the_file_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StorageSettings {
+            endpoint: format!("file://{}/deep/records", dir.path().display()),
+            token: None,
+            ca_pem: None,
+            payload: StoragePayload::None,
+        };
+        let storage = Storage::new(&settings).unwrap();
+        let mut r = record(b"");
+        let id = "~".repeat(100);
+        r.job_id = &id;
+        storage.write(&r).await.unwrap();
+        let uri = url::Url::parse(&storage.uri(&id)).unwrap();
+        let path = uri.to_file_path().unwrap();
+        let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(v["job_id"], id.as_str());
     }
 
     #[tokio::test]

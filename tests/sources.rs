@@ -16,6 +16,10 @@ mod worker_run;
 mod http;
 #[path = "sources/objects.rs"]
 mod objects;
+#[path = "sources/pieces.rs"]
+mod pieces;
+#[path = "sources/slow.rs"]
+mod slow;
 
 use std::time::{Duration, Instant};
 
@@ -43,11 +47,17 @@ struct Cli {
     files: FileArgs,
 }
 
-/// Settings as the flags give them; `extra` on top of a 100 000-byte limit.
+/// Settings as the flags give them; `extra` on top of a 100 000-byte limit and a
+/// FILE_HTTP_TIMEOUT of 1 s, unless `extra` says otherwise.
 fn settings(extra: &[&str]) -> FileSettings {
-    let mut args = vec!["test", "--max-payload-bytes=100000"];
-    if !extra.iter().any(|a| a.starts_with("--file-http-timeout")) {
-        args.push("--file-http-timeout=1s");
+    let mut args = vec!["test"];
+    for (flag, default) in [
+        ("--max-payload-bytes", "--max-payload-bytes=100000"),
+        ("--file-http-timeout", "--file-http-timeout=1s"),
+    ] {
+        if !extra.iter().any(|a| a.starts_with(flag)) {
+            args.push(default);
+        }
     }
     let cli = Cli::try_parse_from(args.iter().chain(extra)).expect("flags parse");
     cli.files.settings().expect("valid settings")
@@ -143,6 +153,96 @@ async fn local_files_fetch_alike_cached_or_not_and_wait_for_the_budget() {
     assert_eq!(waiting.await.unwrap().bytes, body);
 }
 
+/// A socket, a FIFO, a device, a directory, a loop of links, a name too long: none
+/// can ever be read as a file, and each is `file_not_found` at once, cached path or
+/// not, instead of a retryable failure that ends `exhausted` a quarter of an hour on.
+#[tokio::test]
+async fn what_can_never_be_read_is_not_found_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(root.join("sock.pdf")).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(root.join("pipe.pdf"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::fs::create_dir(root.join("dir.pdf")).unwrap();
+    std::os::unix::fs::symlink("loop-b.pdf", root.join("loop-a.pdf")).unwrap();
+    std::os::unix::fs::symlink("loop-a.pdf", root.join("loop-b.pdf")).unwrap();
+    let s = sources(&[&format!("--file-roots={}", root.display())], vec![]);
+    let budget = ByteBudget::new(1 << 20);
+    let long = "n".repeat(300);
+    for name in [
+        "sock.pdf",
+        "pipe.pdf",
+        "dir.pdf",
+        "loop-a.pdf",
+        long.as_str(),
+        "a\0b.pdf",
+    ] {
+        let reference = format!("file://{}/{name}", root.display());
+        let started = Instant::now();
+        let fetched = s.fetch(&reference, &budget).await.map(|f| f.bytes);
+        assert_kind(fetched, ErrorKind::FileNotFound);
+        assert!(started.elapsed() < Duration::from_secs(2), "{name}");
+    }
+    // A device, where any path is allowed (`cxone-worker encode`).
+    let local = Sources::local(100);
+    assert_kind(
+        local.fetch("/dev/null", &budget).await.map(|f| f.bytes),
+        ErrorKind::FileNotFound,
+    );
+    assert_eq!(budget.available(), 1 << 20);
+}
+
+/// `FILE_HTTP_ALLOWED_HOSTS`: a host alone is its default port only, so a job cannot
+/// make the worker fetch another service of an allowed host (its own `/metrics`).
+#[tokio::test]
+async fn an_allowed_host_without_a_port_is_its_default_port_only() {
+    let (server, dir) = (FileServer::start().await, tempfile::tempdir().unwrap());
+    server.put_file("a.pdf", PDF);
+    let ca = format!(
+        "--file-http-ca-file={}",
+        server.write_ca(dir.path()).display()
+    );
+    let with = |hosts: &str| {
+        sources(
+            &[
+                &ca,
+                &format!("--file-http-allowed-hosts={hosts}"),
+                "--file-http-allow-plain=true",
+            ],
+            vec![],
+        )
+    };
+    let url = server.https_url("/files/a.pdf");
+    let (https_port, http_port) = (server.https.port(), server.http.port());
+    assert_kind(
+        read(&with("127.0.0.1"), &url).await,
+        ErrorKind::FileAccessDenied,
+    );
+    assert_eq!(server.sent(), 0, "refused before any request");
+    assert_eq!(
+        read(&with(&format!("127.0.0.1:{https_port}")), &url)
+            .await
+            .unwrap(),
+        PDF
+    );
+    assert_eq!(read(&with("127.0.0.1:*"), &url).await.unwrap(), PDF);
+    // Each redirect hop is checked the same way: to another port of the same host.
+    let to_other_port = server.https_url(&format!(
+        "/redirect?to={}",
+        urlencode(&server.http_url("/files/a.pdf"))
+    ));
+    let one_port = with(&format!("127.0.0.1:{https_port}"));
+    assert_kind(
+        read(&one_port, &to_other_port).await,
+        ErrorKind::FileAccessDenied,
+    );
+    let both = with(&format!("127.0.0.1:{https_port},127.0.0.1:{http_port}"));
+    assert_eq!(read(&both, &to_other_port).await.unwrap(), PDF);
+}
+
 // ---------------------------------------------------------------- through RabbitMQ
 
 #[tokio::test]
@@ -152,7 +252,7 @@ async fn refusals_end_as_the_contract_says_through_rabbitmq() {
     objects::s3_put(moto, "e2e-refusals", "present.pdf", PDF).await;
     let mut env = servers::s3_env(moto);
     env.extend([
-        ("FILE_HTTP_ALLOWED_HOSTS".into(), "127.0.0.1".into()),
+        ("FILE_HTTP_ALLOWED_HOSTS".into(), "127.0.0.1:*".into()),
         (
             "FILE_HTTP_CA_FILE".into(),
             server.write_ca(dir.path()).display().to_string(),

@@ -11,6 +11,12 @@ mod servers;
 #[path = "support/worker_run.rs"]
 mod worker_run;
 
+// What a failed write means, the probe, and records' URIs, beside this file.
+#[path = "storage/faults.rs"]
+mod faults;
+#[path = "storage/uris.rs"]
+mod uris;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -248,7 +254,7 @@ async fn records_are_put_over_https_trusting_the_configured_ca() {
 fn record_uris_hold_no_endpoint_secrets() {
     let endpoint = "https://user:pa55@files.example.com/put?sig=s3cr3t".to_owned();
     let s = storage(endpoint, StoragePayload::Base64, Some("t"), vec![]);
-    assert_eq!(s.uri("j"), "https://files.example.com/put?…/j.json");
+    assert_eq!(s.uri("j"), "https://files.example.com/put/j.json?…");
 }
 
 #[tokio::test]
@@ -350,7 +356,7 @@ async fn a_job_over_https_succeeds_and_its_record_is_put_with_the_token() {
     server.put_file("a.pdf", PDF);
     let base = format!("http://127.0.0.1:{}/put/records", server.http.port());
     let env = vec![
-        ("FILE_HTTP_ALLOWED_HOSTS".into(), "127.0.0.1".into()),
+        ("FILE_HTTP_ALLOWED_HOSTS".into(), "127.0.0.1:*".into()),
         (
             "FILE_HTTP_CA_FILE".into(),
             server.write_ca(dir.path()).display().to_string(),
@@ -375,20 +381,21 @@ async fn a_job_over_https_succeeds_and_its_record_is_put_with_the_token() {
 
 #[tokio::test]
 async fn a_record_only_retry_that_cannot_fetch_the_file_again_ends_without_a_second_execution() {
-    // The file is served once; the storage endpoint always answers 503. The retries
-    // that only have the record left to write cannot even read the file again: they
-    // count as storage failures and end, instead of looping for ever.
+    // The file is served once; the storage endpoint always refuses the record (400:
+    // the record's fault, a retry, not a pause). The retries that only have the
+    // record left to write cannot even read the file again: they count as storage
+    // failures and end, instead of looping for ever.
     let (server, dir) = (FileServer::start().await, tempfile::tempdir().unwrap());
     server.put_file("once.pdf", PDF);
     let env = vec![
-        ("FILE_HTTP_ALLOWED_HOSTS".into(), "127.0.0.1".into()),
+        ("FILE_HTTP_ALLOWED_HOSTS".into(), "127.0.0.1:*".into()),
         (
             "FILE_HTTP_CA_FILE".into(),
             server.write_ca(dir.path()).display().to_string(),
         ),
         (
             "EXTERNAL_STORAGE_ENDPOINT".into(),
-            format!("http://127.0.0.1:{}/fail/503/records", server.http.port()),
+            format!("http://127.0.0.1:{}/fail/400/records", server.http.port()),
         ),
         ("MAX_ATTEMPTS".into(), "3".into()),
     ];

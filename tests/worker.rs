@@ -262,43 +262,49 @@ async fn retries_count_attempts_and_keep_the_key() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_failed_storage_write_is_retried_without_a_second_execution() {
-    let mut w = Worker::new(
-        SimConfig::default(),
-        &[("MAX_ATTEMPTS", "20"), ("RETRY_DELAYS", "300ms")],
-    )
-    .await;
+async fn storage_that_refuses_pauses_and_the_action_runs_once() {
+    let mut w = Worker::new(SimConfig::default(), &[]).await;
     w.start().await;
-    // A plain file where the storage directory was: every write fails (ENOTDIR,
-    // even for root) until the test takes it away.
+    // A plain file where the storage directory was: every write is refused
+    // (ENOTDIR, even for root) until the test takes it away.
     let sync = w.dir.path().join("sync");
     std::fs::remove_dir(&sync).unwrap();
     std::fs::write(&sync, b"not a directory").unwrap();
-    w.publish(&job("sync-1", &w.file("s.pdf", &pdf(2_000))))
+    for i in 0..3 {
+        w.publish(&job(
+            &format!("sync-{i}"),
+            &w.file(&format!("s{i}.pdf"), &pdf(2_000)),
+        ))
         .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !w.logs().contains("attempt failed") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no storage failure:\n{}",
-            w.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    w.wait_not_ready_because("storage endpoint refuses", Duration::from_secs(20))
+        .await;
+    assert!(
+        w.metrics()
+            .await
+            .contains(r#"cxone_paused{reason="storage_refused"} 1"#)
+    );
+    assert_eq!(
+        w.depth("jobs.dlq").await,
+        0,
+        "the backlog is not dead-lettered"
+    );
     std::fs::remove_file(&sync).unwrap();
 
-    let got = w.results(1, Duration::from_secs(20)).await;
-    let r = &got[0].body;
-    assert_eq!(got[0].routing_key, "job.succeeded", "{r}");
-    assert_eq!(
-        r["attempts"], 1,
-        "storage retries are not execution attempts"
-    );
+    let got = w.results(3, Duration::from_secs(60)).await;
     let stats = w.stats().await;
-    assert_eq!(stats["attempts"]["sync-1"], 1, "executed once: {stats}");
-    let record: Value =
-        serde_json::from_slice(&std::fs::read(sync.join("sync-1.json")).unwrap()).unwrap();
-    assert_eq!(record["execution_id"], r["execution_id"]);
+    for g in &got {
+        let r = &g.body;
+        let id = r["job_id"].as_str().unwrap();
+        assert_eq!(g.routing_key, "job.succeeded", "{r}");
+        assert_eq!(r["attempts"], 1, "a storage pause is no attempt: {r}");
+        assert_eq!(stats["attempts"][id], 1, "executed once: {stats}");
+        let record: Value =
+            serde_json::from_slice(&std::fs::read(sync.join(format!("{id}.json"))).unwrap())
+                .unwrap();
+        assert_eq!(record["execution_id"], r["execution_id"]);
+    }
+    assert_eq!(w.ready_status().await, Some(200));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -31,13 +31,16 @@ pub fn worker(settings: &Settings) -> anyhow::Result<Worker> {
         .storage
         .as_ref()
         .map(Storage::new)
-        .transpose()
-        .context("EXTERNAL_STORAGE_ENDPOINT")?;
+        // The error names its variable already.
+        .transpose()?;
     Ok(Worker {
         sources: Sources::new(&settings.files)?,
         client: Arc::new(client),
         storage,
-        budget: ByteBudget::new(settings.max_inflight_bytes),
+        budget: ByteBudget::for_files(
+            settings.max_inflight_bytes,
+            settings.files.max_payload_bytes,
+        ),
         config: WorkerConfig::from_settings(settings),
         tally: Tally::default(),
     })

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{
-    ConfigError, DEFAULT_MIME_TYPES, MAX_PAYLOAD_CEILING, bad, choice, duration, number_in,
+    ConfigError, DEFAULT_MIME_TYPES, MAX_PAYLOAD_CEILING, bad, choice, duration, number, number_in,
     or_default, split_list,
 };
 
@@ -65,7 +65,8 @@ pub struct FileArgs {
     /// Colon list of directories that file:// references may read; none = file:// refused.
     #[arg(long, env = "FILE_ROOTS", default_value = "")]
     pub file_roots: String,
-    /// Comma list of hosts that http(s):// references may name; none = refused.
+    /// Comma list of hosts that http(s):// references and redirects may name: `host`
+    /// (the scheme's default port only), `host:port`, or `host:*` (any port); none = refused.
     #[arg(long, env = "FILE_HTTP_ALLOWED_HOSTS", default_value = "")]
     pub file_http_allowed_hosts: String,
     /// Also accept plain http:// references (to the allowed hosts).
@@ -79,10 +80,86 @@ pub struct FileArgs {
     #[arg(long, env = "FILE_HTTP_CA_FILE")]
     pub file_http_ca_file: Option<PathBuf>,
     /// Longest wait for an http(s) source to connect, to answer, and between two
-    /// pieces of its body; the whole body may take ten times this (or its size at
-    /// 32 KiB/s, if longer).
-    #[arg(long, env = "FILE_HTTP_TIMEOUT", default_value = "30s")]
+    /// pieces of its body; also the longest a download waits for room in
+    /// MAX_INFLIGHT_BYTES before it gives up (retryable).
+    #[arg(long, env = "FILE_HTTP_TIMEOUT", default_value = DEFAULT_HTTP_TIMEOUT)]
     pub file_http_timeout: String,
+    /// Slowest transfer accepted from an http(s) or object-store source, in bytes per
+    /// second over FILE_MIN_RATE_WINDOW; a slower one is cut off (retryable). 0 = off.
+    #[arg(long, env = "FILE_MIN_RATE", default_value = DEFAULT_MIN_RATE)]
+    pub file_min_rate: String,
+    /// The sliding window FILE_MIN_RATE is averaged over; the first window is the grace
+    /// period of every transfer.
+    #[arg(long, env = "FILE_MIN_RATE_WINDOW", default_value = DEFAULT_MIN_RATE_WINDOW)]
+    pub file_min_rate_window: String,
+}
+
+/// Ten seconds to connect and to answer: a server that stalls its answer holds a job
+/// (no memory) that long per attempt; a slow body is the minimum rate's to cut.
+const DEFAULT_HTTP_TIMEOUT: &str = "10s";
+const DEFAULT_MIN_RATE: &str = "65536";
+const DEFAULT_MIN_RATE_WINDOW: &str = "3s";
+
+/// One `FILE_HTTP_ALLOWED_HOSTS` entry: a host (as `url` normalises it: lowercase,
+/// IDNA, IPv6 in brackets) and the ports it may be reached on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedHost {
+    pub host: String,
+    pub port: AllowedPort,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllowedPort {
+    /// `host`: the scheme's default port only (443, or 80 for plain http). A port-less
+    /// entry that allowed every port let jobs fetch the worker's own `/metrics`.
+    Default,
+    /// `host:port`.
+    Only(u16),
+    /// `host:*`.
+    Any,
+}
+
+impl AllowedHost {
+    /// Parses `host`, `host:port`, `host:*`, `[v6]`, `[v6]:port`, `[v6]:*`.
+    pub fn parse(entry: &str) -> Result<Self, String> {
+        let entry = entry.trim();
+        let (host, port) = match entry.rsplit_once(':') {
+            // An unbracketed IPv6 address has colons but names no port.
+            Some((host, port)) if !host.contains(':') || host.ends_with(']') => {
+                let port = match port {
+                    "*" => AllowedPort::Any,
+                    digits => match digits.parse::<u16>() {
+                        Ok(p) if p > 0 => AllowedPort::Only(p),
+                        _ => {
+                            return Err(format!(
+                                "{entry:?}: {port:?} is not a port (1-65535 or *)"
+                            ));
+                        }
+                    },
+                };
+                (host, port)
+            }
+            _ => (entry, AllowedPort::Default),
+        };
+        let host = normalize_host(host)
+            .ok_or_else(|| format!("{entry:?} is not a host name or address"))?;
+        Ok(Self { host, port })
+    }
+}
+
+/// The host as `Url::host_str` gives it for a URL naming it, so that entries and
+/// requests compare alike (`LOCALHOST` = `localhost`, `[::1]`, punycode).
+fn normalize_host(host: &str) -> Option<String> {
+    if host.is_empty() || host.contains(['/', '@', '?', '#', '*']) {
+        return None;
+    }
+    let bracketed = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    let url = url::Url::parse(&format!("https://{bracketed}/")).ok()?;
+    url.host_str().map(str::to_owned)
 }
 
 #[derive(Debug, Clone)]
@@ -92,12 +169,15 @@ pub struct FileSettings {
     /// Canonical paths (symbolic links resolved), so that containment checks compare
     /// like with like.
     pub roots: Vec<PathBuf>,
-    pub http_allowed_hosts: Vec<String>,
+    pub http_allowed_hosts: Vec<AllowedHost>,
     pub http_allow_plain: bool,
     pub buckets: Vec<String>,
     /// The PEM text of `FILE_HTTP_CA_FILE`, checked to hold at least one certificate.
     pub http_ca_pem: Option<Vec<u8>>,
     pub http_timeout: Duration,
+    /// `FILE_MIN_RATE`, bytes per second; 0 = no minimum.
+    pub min_rate: u64,
+    pub min_rate_window: Duration,
 }
 
 impl FileArgs {
@@ -111,9 +191,19 @@ impl FileArgs {
             .map(|r| canonical_root(Path::new(r)))
             .collect::<Result<_, _>>()?;
         let http_allowed_hosts = split_list(&self.file_http_allowed_hosts, ',')
-            .into_iter()
-            .map(|h| h.to_ascii_lowercase())
-            .collect();
+            .iter()
+            .map(|h| AllowedHost::parse(h).map_err(|m| bad("FILE_HTTP_ALLOWED_HOSTS", m)))
+            .collect::<Result<_, _>>()?;
+        let min_rate_window = duration(
+            "FILE_MIN_RATE_WINDOW",
+            &self.file_min_rate_window,
+            DEFAULT_MIN_RATE_WINDOW,
+        )?;
+        if min_rate_window < Duration::from_millis(100)
+            || min_rate_window > Duration::from_secs(600)
+        {
+            return Err(bad("FILE_MIN_RATE_WINDOW", "must be between 100ms and 10m"));
+        }
         let http_allow_plain = choice(
             "FILE_HTTP_ALLOW_PLAIN",
             &self.file_http_allow_plain,
@@ -132,7 +222,13 @@ impl FileArgs {
                 .as_deref()
                 .map(|p| read_ca_file("FILE_HTTP_CA_FILE", p))
                 .transpose()?,
-            http_timeout: duration("FILE_HTTP_TIMEOUT", &self.file_http_timeout, "30s")?,
+            http_timeout: duration(
+                "FILE_HTTP_TIMEOUT",
+                &self.file_http_timeout,
+                DEFAULT_HTTP_TIMEOUT,
+            )?,
+            min_rate: number("FILE_MIN_RATE", &self.file_min_rate, DEFAULT_MIN_RATE)?,
+            min_rate_window,
         })
     }
 }
@@ -177,4 +273,42 @@ fn canonical_root(root: &Path) -> Result<PathBuf, ConfigError> {
         return Err(bad("FILE_ROOTS", format!("{:?} is not a directory", root)));
     }
     Ok(canonical)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_hosts_name_their_ports() {
+        let parse = |e: &str| AllowedHost::parse(e).unwrap();
+        let host = |h: &str, port| AllowedHost {
+            host: h.to_owned(),
+            port,
+        };
+        assert_eq!(
+            parse("Files.Example.com"),
+            host("files.example.com", AllowedPort::Default)
+        );
+        assert_eq!(
+            parse("cdn.example.com:8443"),
+            host("cdn.example.com", AllowedPort::Only(8443))
+        );
+        assert_eq!(parse("127.0.0.1:*"), host("127.0.0.1", AllowedPort::Any));
+        assert_eq!(parse("[::1]:9000"), host("[::1]", AllowedPort::Only(9000)));
+        assert_eq!(parse("::1"), host("[::1]", AllowedPort::Default));
+        assert_eq!(parse("[::1]:*"), host("[::1]", AllowedPort::Any));
+        for bad in [
+            "host:0",
+            "host:65536",
+            "host:http",
+            ":443",
+            "",
+            "a/b",
+            "user@host",
+            "*",
+        ] {
+            assert!(AllowedHost::parse(bad).is_err(), "{bad:?}");
+        }
+    }
 }

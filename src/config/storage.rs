@@ -69,9 +69,20 @@ impl StorageArgs {
         let Some(endpoint) = endpoint else {
             return Ok(None);
         };
+        let endpoint = check_storage_endpoint(endpoint)?;
+        let token = given(&self.token);
+        if token.is_some() && has_userinfo(&endpoint) {
+            // reqwest sends the userinfo as Basic and the token as Bearer: two
+            // Authorization headers, which servers answer as they please.
+            return Err(bad(
+                "EXTERNAL_STORAGE_TOKEN",
+                "cannot be used with an EXTERNAL_STORAGE_ENDPOINT that holds user:password@ \
+                 (both would be sent as Authorization); keep one of the two",
+            ));
+        }
         Ok(Some(StorageSettings {
-            endpoint: check_storage_endpoint(endpoint)?,
-            token: given(&self.token).map(|t| Secret::new(t.to_owned())),
+            endpoint,
+            token: token.map(|t| Secret::new(t.to_owned())),
             ca_pem: self
                 .ca_file
                 .as_deref()
@@ -89,6 +100,11 @@ impl StorageArgs {
             )?,
         }))
     }
+}
+
+/// Whether an endpoint carries a user name or password before its host.
+fn has_userinfo(endpoint: &str) -> bool {
+    url::Url::parse(endpoint).is_ok_and(|u| !u.username().is_empty() || u.password().is_some())
 }
 
 fn check_storage_endpoint(raw: &str) -> Result<String, ConfigError> {
@@ -123,4 +139,52 @@ fn check_storage_endpoint(raw: &str) -> Result<String, ConfigError> {
         }
     }
     Ok(raw.trim_end_matches('/').to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(endpoint: &str, token: Option<&str>) -> StorageArgs {
+        StorageArgs {
+            endpoint: Some(endpoint.to_owned()),
+            token: token.map(str::to_owned),
+            ca_file: None,
+            payload: "base64".into(),
+        }
+    }
+
+    #[test]
+    fn userinfo_and_a_token_are_refused_together() {
+        let e = args("https://user:pw@store.example/records", Some("t0ken"))
+            .settings()
+            .expect_err("two Authorization headers");
+        assert_eq!(e.var, "EXTERNAL_STORAGE_TOKEN");
+        assert!(e.message.contains("EXTERNAL_STORAGE_ENDPOINT"), "{e}");
+        assert!(
+            !e.to_string().contains("pw") && !e.to_string().contains("t0ken"),
+            "{e}"
+        );
+        assert!(
+            args("https://user@store.example/r", Some("t"))
+                .settings()
+                .is_err()
+        );
+        // Either one alone is fine.
+        assert!(
+            args("https://user:pw@store.example/r", None)
+                .settings()
+                .is_ok()
+        );
+        assert!(
+            args("https://store.example/r", Some("t"))
+                .settings()
+                .is_ok()
+        );
+        assert!(
+            args("https://store.example/r", Some("  "))
+                .settings()
+                .is_ok()
+        );
+    }
 }

@@ -16,6 +16,9 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+
 use super::check_size;
 use super::file::{OpenedFile, local_path, normalize};
 use crate::job::Failure;
@@ -69,7 +72,9 @@ impl CachedRoots {
             .iter()
             .find(|(root, _)| lexical.starts_with(root))?;
         let relative = lexical.strip_prefix(root).ok()?;
-        if relative.as_os_str().is_empty() {
+        // A NUL byte would reach openat2 as EINVAL, the sign of a kernel without
+        // RESOLVE_CACHED: the blocking path refuses such a name instead.
+        if relative.as_os_str().is_empty() || relative.as_os_str().as_encoded_bytes().contains(&0) {
             return None;
         }
         let file = match open_beneath(dir, relative) {
@@ -77,10 +82,7 @@ impl CachedRoots {
             Err(e) => {
                 // EINVAL: no RESOLVE_CACHED; ENOSYS or EPERM: no openat2 (old
                 // kernel, seccomp). Asking again would fail again.
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINVAL | libc::ENOSYS | libc::EPERM)
-                ) {
+                if matches!(e, Errno::INVAL | Errno::NOSYS | Errno::PERM) {
                     self.unsupported.store(true, Ordering::Relaxed);
                 }
                 return None;
@@ -100,100 +102,71 @@ impl CachedRoots {
 /// to wait, or reading fails: the caller then reads it with [`OpenedFile::read`] on
 /// the blocking pool, which also reports errors. Same checks as that read: a file
 /// that grew past `max` or became empty is refused.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(target_os = "linux")]
 pub(crate) fn read(file: &OpenedFile, max: u64) -> Option<Result<Vec<u8>, Failure>> {
-    use std::os::fd::AsRawFd;
+    use rustix::io::{ReadWriteFlags, preadv2};
+    use std::io::IoSliceMut;
     if file.size > CACHED_READ_MAX {
         return None;
     }
     let cap = max.min(CACHED_READ_MAX);
     // One byte past the cap tells a file that grew.
     let limit = cap + 1;
+    // Zeroed, not spare capacity: rustix reads into initialized memory only. Up to
+    // 256 KiB, that costs less than the read; larger ones come zeroed from the kernel.
     // +1: room for the read that finds the end of the file.
-    let mut buf: Vec<u8> = Vec::with_capacity(file.size.min(cap) as usize + 1);
-    while (buf.len() as u64) < limit {
-        let room = limit - buf.len() as u64;
-        if buf.len() == buf.capacity() {
-            buf.reserve(room.min(64 * 1024) as usize);
+    let mut buf = vec![0u8; (file.size.min(cap) + 1) as usize];
+    let mut filled = 0usize;
+    while (filled as u64) < limit {
+        if filled == buf.len() {
+            let room = (limit - filled as u64).min(64 * 1024) as usize;
+            buf.resize(filled + room, 0);
         }
-        let spare = buf.spare_capacity_mut();
-        let want = spare.len().min(usize::try_from(room).unwrap_or(usize::MAX));
-        let iov = libc::iovec {
-            iov_base: spare.as_mut_ptr().cast(),
-            iov_len: want,
-        };
-        let offset = libc::off_t::try_from(buf.len()).ok()?;
-        // SAFETY: the iovec points into `buf`'s spare capacity, `want` bytes long;
-        // the descriptor is owned by `file` and open.
-        let n = unsafe { libc::preadv2(file.file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
-        match usize::try_from(n) {
+        let want = (buf.len() - filled).min((limit - filled as u64) as usize);
+        let mut iov = [IoSliceMut::new(&mut buf[filled..filled + want])];
+        match preadv2(&file.file, &mut iov, filled as u64, ReadWriteFlags::NOWAIT) {
             Ok(0) => break,
-            // SAFETY: the kernel wrote `n` <= `want` bytes into the spare capacity.
-            Ok(n) => unsafe { buf.set_len(buf.len() + n) },
+            Ok(n) => filled += n,
             // EAGAIN: not cached; EOPNOTSUPP: this file system would wait.
             Err(_) => return None,
         }
     }
+    buf.truncate(filled);
     if buf.len() as u64 > cap && cap < max {
         return None;
     }
     Some(check_size(buf.len() as u64, max).map(|()| buf))
 }
 
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+#[cfg(not(target_os = "linux"))]
 pub(crate) fn read(_file: &OpenedFile, _max: u64) -> Option<Result<Vec<u8>, Failure>> {
     None
 }
 
 fn open_dir(root: &Path) -> io::Result<OwnedFd> {
-    use std::os::unix::fs::OpenOptionsExt;
     // O_PATH: a handle to resolve paths from, which needs no read permission.
-    let dir = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-        .open(root)?;
-    Ok(dir.into())
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    Ok(rustix::fs::open(root, flags, Mode::empty())?)
 }
 
 #[cfg(target_os = "linux")]
-fn open_beneath(dir: &OwnedFd, relative: &Path) -> io::Result<OwnedFd> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    use std::os::unix::ffi::OsStrExt;
-    let name = std::ffi::CString::new(relative.as_os_str().as_bytes())?;
-    // SAFETY: open_how is plain integers; zero is "no flags".
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+fn open_beneath(dir: &OwnedFd, relative: &Path) -> Result<OwnedFd, Errno> {
     // Non-blocking: a FIFO must not wait for a writer.
-    how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_BENEATH
-        | libc::RESOLVE_NO_XDEV
-        | libc::RESOLVE_NO_MAGICLINKS
-        | libc::RESOLVE_CACHED;
-    // SAFETY: valid descriptor, NUL-terminated name, `how` and its size.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            &raw const how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    let fd = i32::try_from(fd).map_err(|_| io::Error::other("openat2 returned no descriptor"))?;
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: openat2 just returned this descriptor, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let resolve = ResolveFlags::BENEATH
+        | ResolveFlags::NO_XDEV
+        | ResolveFlags::NO_MAGICLINKS
+        | ResolveFlags::CACHED;
+    rustix::fs::openat2(dir, relative, flags, Mode::empty(), resolve)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn open_beneath(_dir: &OwnedFd, _relative: &Path) -> io::Result<OwnedFd> {
-    Err(io::Error::from_raw_os_error(libc::ENOSYS))
+fn open_beneath(_dir: &OwnedFd, _relative: &Path) -> Result<OwnedFd, Errno> {
+    Err(Errno::NOSYS)
 }
 
 #[cfg(target_os = "linux")]
 fn is_local_fs(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
     // ext2-4, XFS, Btrfs, overlayfs (containers), ZFS, F2FS.
     const LOCAL: [u32; 6] = [
         0xEF53,
@@ -203,16 +176,12 @@ fn is_local_fs(path: &Path) -> bool {
         0x2FC1_2FC1,
         0xF2F5_2010,
     ];
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: a zeroed statfs is a valid out-parameter; the path is NUL-terminated.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
-        return false;
+    match rustix::fs::statfs(path) {
+        // The magic numbers are 32 bits; f_type's width varies by architecture.
+        #[allow(clippy::unnecessary_cast)]
+        Ok(st) => LOCAL.contains(&(st.f_type as u32)),
+        Err(_) => false,
     }
-    // The magic numbers are 32 bits; f_type's width varies by architecture.
-    LOCAL.contains(&(st.f_type as u32))
 }
 
 #[cfg(not(target_os = "linux"))]

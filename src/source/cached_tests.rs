@@ -164,3 +164,16 @@ fn every_root_elsewhere_is_left_to_the_blocking_pool() {
         assert_eq!(!roots.roots.is_empty(), expected, "{fs}");
     }
 }
+
+#[test]
+fn a_name_with_a_nul_byte_leaves_the_fast_path_on() {
+    let Some(t) = tree() else { return };
+    let p = t.root.join("ok.pdf");
+    std::fs::write(&p, b"%PDF").unwrap();
+    let nul = format!("file://{}/a\0b.pdf", t.root.display());
+    assert!(t.roots.open(&nul, 100).is_none());
+    assert!(
+        t.roots.open(&reference(&p), 100).is_some(),
+        "one odd name must not turn the fast path off for every file"
+    );
+}

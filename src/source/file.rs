@@ -1,9 +1,12 @@
-//! `file://` references: only inside `FILE_ROOTS`, after resolving `..` and symbolic links.
+//! `file://` references: only inside `FILE_ROOTS`, after resolving `..` and symbolic
+//! links, and only regular files.
 
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
+pub(crate) use super::fs_errors::io_failure;
 use super::{check_size, denied};
 use crate::job::{ErrorKind, Failure};
 
@@ -41,24 +44,15 @@ impl OpenedFile {
     }
 }
 
-fn io_failure(what: &str, e: &io::Error) -> Failure {
-    match e.kind() {
-        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => {
-            Failure::permanent(ErrorKind::FileNotFound, format!("{what}: {e}"))
-        }
-        io::ErrorKind::PermissionDenied => denied(format!("{what}: {e}")),
-        // EIO, a stale NFS handle, too many open files: not the job's fault.
-        _ => Failure::retryable(format!("{what}: {e}")),
-    }
-}
-
 /// Opens the file a `file://` reference names, and checks its size from metadata
 /// before a byte is read. Blocking: call from `spawn_blocking`.
 ///
-/// The file is opened first and the kernel then says where the descriptor really
-/// points (`/proc/self/fd`): one `open` and one `readlink` for the common case, and
-/// no window between a check and the open. Only a failed open walks the path to
-/// tell "outside the roots" from "missing".
+/// The path is first opened with `O_PATH`, which opens nothing (no device driver,
+/// no FIFO, no socket) and needs no read permission; the kernel then says where
+/// the descriptor really points (`/proc/self/fd`) and what it is (`fstat`). Only a
+/// regular file inside the roots is then opened for reading, through that same
+/// descriptor: no window between the checks and the open. Only a failed open walks
+/// the path to tell "outside the roots" from "missing".
 pub(crate) fn open(reference: &str, roots: &Roots, max: u64) -> Result<OpenedFile, Failure> {
     let path = local_path(reference);
     if !path.is_absolute() {
@@ -67,9 +61,9 @@ pub(crate) fn open(reference: &str, roots: &Roots, max: u64) -> Result<OpenedFil
             crate::config::redact_url(reference)
         )));
     }
-    let (file, path) = match roots {
+    let (handle, path) = match roots {
         Roots::Any => (
-            open_nonblocking(path).map_err(|e| io_failure("cannot open the file", &e))?,
+            open_path(path).map_err(|e| io_failure("cannot open the file", &e))?,
             path.to_path_buf(),
         ),
         Roots::Only(roots) => {
@@ -79,10 +73,10 @@ pub(crate) fn open(reference: &str, roots: &Roots, max: u64) -> Result<OpenedFil
                 ));
             }
             let lexical = normalize(path);
-            match open_nonblocking(&lexical) {
-                Ok(file) => {
-                    check_inside(&file, &lexical, roots, path)?;
-                    (file, lexical)
+            match open_path(&lexical) {
+                Ok(handle) => {
+                    check_inside(&handle, &lexical, roots, path)?;
+                    (handle, lexical)
                 }
                 // Missing, or not reachable: was it inside the roots at all?
                 Err(e) => {
@@ -92,18 +86,69 @@ pub(crate) fn open(reference: &str, roots: &Roots, max: u64) -> Result<OpenedFil
             }
         }
     };
-    let meta = file
+    let meta = handle
         .metadata()
         .map_err(|e| io_failure("cannot read the file's metadata", &e))?;
     if !meta.is_file() {
         return Err(Failure::permanent(
             ErrorKind::FileNotFound,
-            format!("{} is not a regular file", path.display()),
+            format!(
+                "{} is not a regular file but {}",
+                path.display(),
+                what_it_is(&meta)
+            ),
         ));
     }
+    let file = reopen(&handle, &meta, &path).map_err(|e| io_failure("cannot open the file", &e))?;
     let size = meta.len();
     check_size(size, max)?;
     Ok(OpenedFile { file, size })
+}
+
+/// A handle on whatever `path` leads to (links followed), opened for nothing.
+fn open_path(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)
+}
+
+/// Opens for reading the regular file `handle` points at. Without /proc, opens
+/// `path` again and makes sure it is still the same file.
+fn reopen(handle: &File, meta: &Metadata, path: &Path) -> io::Result<File> {
+    use std::os::fd::AsRawFd;
+    let by_handle = format!("/proc/self/fd/{}", handle.as_raw_fd());
+    match open_nonblocking(Path::new(&by_handle)) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !Path::new("/proc/self").exists() => {
+            let file = open_nonblocking(path)?;
+            let now = file.metadata()?;
+            if (now.dev(), now.ino()) != (meta.dev(), meta.ino()) {
+                return Err(io::Error::other(
+                    "the file was replaced while it was opened",
+                ));
+            }
+            Ok(file)
+        }
+        opened => opened,
+    }
+}
+
+/// What a file that is not a regular file is, for the message.
+fn what_it_is(meta: &Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a file"
+    }
 }
 
 /// The path a `file://` reference (or a bare path, for `encode`) names.
@@ -116,8 +161,9 @@ pub(super) fn local_path(reference: &str) -> &Path {
     )
 }
 
-/// Opens for reading without blocking on a FIFO (which would wait for a writer);
-/// regular files read the same with or without the flag.
+/// Opens for reading without blocking on a FIFO that slipped in between a check and
+/// the open (which would wait for a writer); regular files read the same with or
+/// without the flag.
 fn open_nonblocking(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()

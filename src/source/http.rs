@@ -1,5 +1,6 @@
-//! `https://` (and, when allowed, `http://`) references: only to the hosts of
-//! `FILE_HTTP_ALLOWED_HOSTS`, every redirect hop checked, the body read under a hard cap.
+//! `https://` (and, when allowed, `http://`) references: only to the hosts and ports
+//! of `FILE_HTTP_ALLOWED_HOSTS`, every redirect hop checked, the body read under a hard
+//! cap and the minimum rate, paid for in the byte budget as it arrives.
 //!
 //! `open` sends the GET and reads the answer's head: its `Content-Length` refuses an
 //! oversize file before the body is read. A HEAD first would cost a round trip and
@@ -8,40 +9,41 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
 use url::Url;
 
-use super::{check_size, collect_capped, denied};
-use crate::config::{ConfigError, FileSettings};
+use super::transfer::{MinRate, Transfer};
+use super::{check_size, denied};
+use crate::budget::Reservation;
+use crate::config::{AllowedHost, AllowedPort, ConfigError, FileSettings};
 use crate::job::{ErrorKind, Failure};
 
 /// Redirects followed before the reference counts as unreachable.
 const MAX_REDIRECTS: usize = 5;
 
 /// The client and the rules it fetches by.
-/// A whole download may take this many `FILE_HTTP_TIMEOUT`s (5 minutes by default)...
-const DOWNLOAD_LIMIT_FACTOR: u32 = 10;
-/// ...or the time the body takes at this many bytes per second, if longer.
-const MIN_DOWNLOAD_RATE: u64 = 32 * 1024;
-
 #[derive(Debug)]
 pub(crate) struct Http {
     client: reqwest::Client,
-    /// The whole download's limit: `FILE_HTTP_TIMEOUT` bounds each wait, this the
-    /// sum, so a server dripping a byte now and then cannot hold a job for ever.
-    download_limit: Duration,
-    /// Lowercase `host` (any port) or `host:port` entries; empty = no http(s) source.
-    hosts: Vec<String>,
+    /// Empty = no http(s) source.
+    hosts: Vec<AllowedHost>,
     allow_plain: bool,
+    pub(super) rate: MinRate,
+    /// The longest a body waits for room in the byte budget at each step of its
+    /// growth (`FILE_HTTP_TIMEOUT`).
+    pub(super) room_wait: Duration,
 }
 
 /// An answer whose head was read and checked; its body not yet.
 #[derive(Debug)]
 pub(crate) struct OpenedHttp {
     response: reqwest::Response,
-    download_limit: Duration,
     /// `Content-Length` when the server sent one, else the limit (the worst case).
     size: u64,
+    rate: MinRate,
+    room_wait: Duration,
     /// The final URL without userinfo or query, for messages.
     shown: String,
 }
@@ -68,15 +70,45 @@ impl Http {
         })?;
         Ok(Self {
             client,
-            download_limit: files.http_timeout.saturating_mul(DOWNLOAD_LIMIT_FACTOR),
             hosts: files.http_allowed_hosts.clone(),
             allow_plain: files.http_allow_plain,
+            rate: MinRate::from_settings(files),
+            room_wait: files.http_timeout,
         })
     }
 
     /// GETs the reference, following allowed redirects, and refuses the answer
     /// unless it is a success of at most `max` bytes (by its `Content-Length`).
     pub(crate) async fn open(&self, reference: &str, max: u64) -> Result<OpenedHttp, Failure> {
+        let (response, shown) = self.get(reference, HeaderMap::new()).await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(refusal(&shown, status));
+        }
+        let size = match response.content_length() {
+            Some(length) => {
+                check_size(length, max)?;
+                length
+            }
+            None => max,
+        };
+        Ok(OpenedHttp {
+            response,
+            size,
+            rate: self.rate,
+            room_wait: self.room_wait,
+            shown,
+        })
+    }
+
+    /// GETs the reference with `headers` (sent to every hop), following the
+    /// redirects the allowlist allows, and returns the first answer that is not a
+    /// redirect, whatever its status, with its URL as messages show it.
+    pub(super) async fn get(
+        &self,
+        reference: &str,
+        headers: HeaderMap,
+    ) -> Result<(reqwest::Response, String), Failure> {
         let mut url = Url::parse(reference).map_err(|e| {
             Failure::permanent(
                 ErrorKind::FileNotFound,
@@ -89,33 +121,18 @@ impl Http {
             let response = self
                 .client
                 .get(url.clone())
+                .headers(headers.clone())
                 .send()
                 .await
                 .map_err(|e| transport(&shown, e))?;
-            let status = response.status();
-            if status.is_redirection()
+            if response.status().is_redirection()
                 && let Some(next) = location(&response, &url)
             {
                 self.check(&next, "redirected: ")?;
                 url = next;
                 continue;
             }
-            if !status.is_success() {
-                return Err(refusal(&shown, status));
-            }
-            let size = match response.content_length() {
-                Some(length) => {
-                    check_size(length, max)?;
-                    length
-                }
-                None => max,
-            };
-            return Ok(OpenedHttp {
-                response,
-                download_limit: self.download_limit,
-                size,
-                shown,
-            });
+            return Ok((response, shown));
         }
         Err(denied(format!(
             "{} redirects more than {MAX_REDIRECTS} times",
@@ -123,8 +140,8 @@ impl Http {
         )))
     }
 
-    /// Refuses a URL whose scheme or host the settings do not allow. `context` says
-    /// whether the URL came from the job or from a redirect.
+    /// Refuses a URL whose scheme, host or port the settings do not allow. `context`
+    /// says whether the URL came from the job or from a redirect.
     fn check(&self, url: &Url, context: &str) -> Result<(), Failure> {
         match url.scheme() {
             "https" => {}
@@ -141,19 +158,27 @@ impl Http {
                 "http(s):// references are disabled (FILE_HTTP_ALLOWED_HOSTS is empty)",
             ));
         }
-        let host = url.host_str().unwrap_or("").to_ascii_lowercase();
-        let with_port = url.port_or_known_default().map(|p| format!("{host}:{p}"));
-        if self
-            .hosts
-            .iter()
-            .any(|h| *h == host || Some(h) == with_port.as_ref())
-        {
-            Ok(())
-        } else {
-            Err(denied(format!(
-                "{context}host {host:?} is not in FILE_HTTP_ALLOWED_HOSTS"
-            )))
+        let host = url.host_str().unwrap_or("");
+        // `Url` drops a port equal to the scheme's default: `port()` is `None` then.
+        let allowed = |h: &AllowedHost| {
+            h.host == host
+                && match h.port {
+                    AllowedPort::Default => url.port().is_none(),
+                    AllowedPort::Only(port) => url.port_or_known_default() == Some(port),
+                    AllowedPort::Any => true,
+                }
+        };
+        if self.hosts.iter().any(allowed) {
+            return Ok(());
         }
+        let shown_host = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        Err(denied(format!(
+            "{context}{shown_host:?} is not in FILE_HTTP_ALLOWED_HOSTS \
+             (an entry without a port allows the default port only; host:* allows any)"
+        )))
     }
 }
 
@@ -163,22 +188,31 @@ impl OpenedHttp {
     }
 
     /// Reads the body, stopping as soon as it passes `max` bytes, whatever the
-    /// `Content-Length` said (a server may lie, or send chunks without one).
-    pub(crate) async fn read(self, max: u64) -> Result<Bytes, Failure> {
-        let shown = self.shown;
-        let body = collect_capped(self.response.bytes_stream(), self.size, max, |e| {
-            transport(&shown, e)
-        });
-        // A large file gets the time a slow but honest server needs.
-        let limit = self
-            .download_limit
-            .max(Duration::from_secs(self.size / MIN_DOWNLOAD_RATE));
-        tokio::time::timeout(limit, body).await.unwrap_or_else(|_| {
-            Err(Failure::retryable(format!(
-                "fetching {shown} took longer than {limit:?} in all"
-            )))
-        })
+    /// `Content-Length` said (a server may lie, or send chunks without one). With
+    /// `room`, the reservation grows as bytes arrive instead of trusting that length.
+    pub(crate) async fn read(
+        self,
+        max: u64,
+        room: Option<&mut Reservation>,
+    ) -> Result<Bytes, Failure> {
+        let (size, wait) = (self.size, self.room_wait);
+        let transfer = body(self.response, self.rate, self.shown);
+        // Without a budget (`cxone-worker encode`, tests) the announced size is the
+        // buffer; with one, nothing is taken on trust.
+        let trusted = if room.is_some() { 0 } else { size };
+        transfer
+            .collect(size, trusted, max, room.map(|r| (r, wait)))
+            .await
     }
+}
+
+/// An answer's body as a [`Transfer`].
+pub(super) fn body(response: reqwest::Response, rate: MinRate, shown: String) -> Transfer {
+    let named = shown.clone();
+    let chunks = response
+        .bytes_stream()
+        .map(move |chunk| chunk.map_err(|e| transport(&named, e)));
+    Transfer::new(Box::pin(chunks), rate, shown)
 }
 
 /// The next URL of a redirect, or `None` when the answer names none usable.
@@ -192,7 +226,7 @@ fn location(response: &reqwest::Response, current: &Url) -> Option<Url> {
 }
 
 /// What a final answer other than a success means for the job.
-fn refusal(shown: &str, status: StatusCode) -> Failure {
+pub(super) fn refusal(shown: &str, status: StatusCode) -> Failure {
     let what = format!("{shown} answered {status}");
     match status.as_u16() {
         404 | 410 => Failure::permanent(ErrorKind::FileNotFound, what),
@@ -205,7 +239,7 @@ fn refusal(shown: &str, status: StatusCode) -> Failure {
 }
 
 /// Connections refused, timeouts and broken bodies are worth another attempt.
-fn transport(shown: &str, e: reqwest::Error) -> Failure {
+pub(super) fn transport(shown: &str, e: reqwest::Error) -> Failure {
     let what = if e.is_timeout() {
         "timed out"
     } else {
@@ -251,9 +285,13 @@ mod tests {
     fn http(hosts: &[&str], allow_plain: bool) -> Http {
         Http {
             client: reqwest::Client::new(),
-            download_limit: Duration::from_secs(300),
-            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            hosts: hosts
+                .iter()
+                .map(|h| AllowedHost::parse(h).unwrap())
+                .collect(),
             allow_plain,
+            rate: MinRate::OFF,
+            room_wait: Duration::from_secs(1),
         }
     }
 
@@ -272,10 +310,7 @@ mod tests {
         let h = http(&["files.example.com", "cdn.example.com:8443"], false);
         let url = |s: &str| Url::parse(s).unwrap();
         assert!(h.check(&url("https://files.example.com/a.pdf"), "").is_ok());
-        assert!(
-            h.check(&url("https://FILES.example.com:9999/a.pdf"), "")
-                .is_ok()
-        );
+        assert!(h.check(&url("https://FILES.example.com/a.pdf"), "").is_ok());
         assert!(
             h.check(&url("https://cdn.example.com:8443/a.pdf"), "")
                 .is_ok()
@@ -303,6 +338,51 @@ mod tests {
         assert!(denied_kind(
             http(&[], true).check(&url("https://files.example.com/a"), "")
         ));
+    }
+
+    #[test]
+    fn a_host_without_a_port_allows_the_default_port_only() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        let h = http(&["files.example.com", "127.0.0.1"], true);
+        for allowed in [
+            "https://files.example.com/a",
+            "https://files.example.com:443/a",
+            "http://files.example.com/a",
+            "http://files.example.com:80/a",
+            "https://127.0.0.1/a",
+        ] {
+            assert!(h.check(&url(allowed), "").is_ok(), "{allowed}");
+        }
+        for refused in [
+            "https://files.example.com:9999/a",
+            "https://files.example.com:80/a",
+            "http://files.example.com:443/a",
+            // The worker's own admin port and the simulator's, on the same host.
+            "http://127.0.0.1:9090/metrics",
+            "http://127.0.0.1:8080/__stats",
+        ] {
+            assert!(denied_kind(h.check(&url(refused), "")), "{refused}");
+        }
+        let ported = http(&["127.0.0.1:8443", "[::1]:*", "any.example.com:*"], false);
+        assert!(ported.check(&url("https://127.0.0.1:8443/a"), "").is_ok());
+        assert!(denied_kind(ported.check(&url("https://127.0.0.1/a"), "")));
+        assert!(denied_kind(
+            ported.check(&url("https://127.0.0.1:8444/a"), "")
+        ));
+        assert!(ported.check(&url("https://[::1]:1234/a"), "").is_ok());
+        assert!(ported.check(&url("https://[::1]/a"), "").is_ok());
+        assert!(
+            ported
+                .check(&url("https://any.example.com:1/a"), "")
+                .is_ok()
+        );
+        // A port given that happens to be the default is that port.
+        let default = http(&["files.example.com:443"], false);
+        assert!(
+            default
+                .check(&url("https://files.example.com/a"), "")
+                .is_ok()
+        );
     }
 
     #[test]

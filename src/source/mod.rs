@@ -8,18 +8,23 @@
 //! | `http.rs` | `https://` (and `http://`) to the hosts of `FILE_HTTP_ALLOWED_HOSTS` |
 //! | `object.rs` | `s3://`, `az://`, `gs://` in the buckets of `FILE_BUCKETS` |
 //! | `stores.rs` | the object stores, built from each cloud's environment (shared with `storage`) |
+//! | `cached.rs` | small cached local files, opened and read on the runtime thread |
+//! | `fs_errors.rs` | what each error of the local file system means for the job |
+//! | `transfer.rs` | network bodies: the minimum rate, the cap, the budget paid as bytes arrive |
+//! | `pieces/` | a file read in pieces, for chunked uploads |
 
 mod cached;
 mod file;
+mod fs_errors;
 mod http;
 mod object;
+mod pieces;
 pub(crate) mod stores;
+mod transfer;
 
-use std::pin::pin;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
+use bytes::Bytes;
 
 use crate::budget::{ByteBudget, Reservation};
 use crate::config::{ConfigError, FileSettings};
@@ -30,7 +35,9 @@ use file::{OpenedFile, Roots};
 pub(crate) use http::shown as shown_url;
 use http::{Http, OpenedHttp};
 use object::{Objects, OpenedObject};
+pub use pieces::Pieces;
 pub use stores::CloudEnv;
+use transfer::MinRate;
 
 /// Reads the files that job references name, within the configured limits.
 #[derive(Debug, Clone)]
@@ -69,7 +76,11 @@ impl Sources {
             cached: Arc::new(CachedRoots::new(&files.roots)),
             max_bytes: files.max_payload_bytes,
             http: Some(Arc::new(Http::new(files)?)),
-            objects: Some(Arc::new(Objects::new(env, files.buckets.clone()))),
+            objects: Some(Arc::new(Objects::new(
+                env,
+                files.buckets.clone(),
+                MinRate::from_settings(files),
+            ))),
         })
     }
 
@@ -118,9 +129,11 @@ pub struct Fetched {
 
 impl Sources {
     /// Opens `reference`, reserves its size in `budget` (waiting for room), and reads
-    /// it. A local file whose size fits the budget right away is opened and read in
-    /// one trip to the blocking pool, the common case of a busy worker; with roots on
-    /// local disks, a small file the page cache holds needs no trip at all.
+    /// it; an `http(s)` body, whose size is only claimed, reserves as it arrives
+    /// instead, waiting a bounded time. A local file whose size fits the budget right
+    /// away is opened and read in one trip to the blocking pool, the common case of a
+    /// busy worker; with roots on local disks, a small file the page cache holds
+    /// needs no trip at all.
     pub async fn fetch(&self, reference: &str, budget: &ByteBudget) -> Result<Fetched, Failure> {
         let max = self.max_bytes;
         if let Some(opened) = self.cached.open(reference, max) {
@@ -162,10 +175,21 @@ impl Sources {
             let bytes = blocking(move || file.read(max).map(Bytes::from)).await?;
             return Ok(Fetched { bytes, reservation });
         }
-        let opened = self.open(reference).await?;
-        let reservation = budget.reserve(opened.size()).await;
-        let bytes = opened.read(max).await?;
-        Ok(Fetched { bytes, reservation })
+        match self.open(reference).await?.0 {
+            // Its size is only what the server claims: the reservation grows as
+            // bytes arrive, from the share of the budget kept for such sources.
+            Inner::Http(http) => {
+                let mut reservation = budget.streamed();
+                let bytes = http.read(max, Some(&mut reservation)).await?;
+                Ok(Fetched { bytes, reservation })
+            }
+            inner => {
+                let opened = Opened(inner);
+                let reservation = budget.reserve(opened.size()).await;
+                let bytes = opened.read(max).await?;
+                Ok(Fetched { bytes, reservation })
+            }
+        }
     }
 }
 
@@ -186,7 +210,7 @@ impl Opened {
     pub async fn read(self, max_bytes: u64) -> Result<Bytes, Failure> {
         match self.0 {
             Inner::File(f) => blocking(move || f.read(max_bytes).map(Bytes::from)).await,
-            Inner::Http(h) => h.read(max_bytes).await,
+            Inner::Http(h) => h.read(max_bytes, None).await,
             Inner::Object(o) => o.read(max_bytes).await,
         }
     }
@@ -200,28 +224,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| Err(Failure::retryable(format!("file task failed: {e}"))))
-}
-
-/// Collects a body, refusing it as soon as it would pass `max` bytes: never more
-/// than `max` bytes are held, whatever the source said its size was. `expected` is
-/// the size announced, to allocate once.
-async fn collect_capped<E>(
-    stream: impl Stream<Item = Result<Bytes, E>>,
-    expected: u64,
-    max: u64,
-    fail: impl Fn(E) -> Failure,
-) -> Result<Bytes, Failure> {
-    let mut stream = pin!(stream);
-    let mut buf = BytesMut::with_capacity(expected.min(max) as usize);
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(&fail)?;
-        if (buf.len() + chunk.len()) as u64 > max {
-            return Err(too_large(max));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    check_size(buf.len() as u64, max)?;
-    Ok(buf.freeze())
 }
 
 /// Refuses an empty file and one larger than `max`.
@@ -252,44 +254,6 @@ fn denied(message: impl Into<String>) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn chunks(parts: &[&'static [u8]]) -> impl Stream<Item = Result<Bytes, ()>> {
-        futures_util::stream::iter(
-            parts
-                .iter()
-                .map(|p| Ok(Bytes::from_static(p)))
-                .collect::<Vec<_>>(),
-        )
-    }
-
-    async fn collect(parts: &[&'static [u8]], max: u64) -> Result<Bytes, Failure> {
-        collect_capped(chunks(parts), 0, max, |()| Failure::retryable("broken")).await
-    }
-
-    fn kind(r: Result<Bytes, Failure>) -> ErrorKind {
-        match r {
-            Err(Failure::Permanent { kind, .. }) => kind,
-            other => panic!("expected a permanent failure, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn bodies_are_capped_at_the_limit() {
-        assert_eq!(collect(&[b"abc", b"de"], 5).await.unwrap(), &b"abcde"[..]);
-        assert_eq!(
-            kind(collect(&[b"abc", b"def"], 5).await),
-            ErrorKind::TooLarge
-        );
-        assert_eq!(kind(collect(&[], 5).await), ErrorKind::EmptyFile);
-        assert_eq!(kind(collect(&[b""], 5).await), ErrorKind::EmptyFile);
-    }
-
-    #[tokio::test]
-    async fn a_broken_body_is_the_sources_failure() {
-        let stream = futures_util::stream::iter(vec![Ok(Bytes::from_static(b"ab")), Err(())]);
-        let r = collect_capped(stream, 0, 5, |()| Failure::retryable("broken")).await;
-        assert_eq!(r, Err(Failure::retryable("broken")));
-    }
 
     #[tokio::test]
     async fn local_sources_refuse_remote_references() {

@@ -1,14 +1,17 @@
 //! `s3://bucket/key`, `az://container/blob` and `gs://bucket/key`: the size from the
-//! object's metadata, the bytes from one ranged GET that cannot bring more than the limit.
+//! object's metadata, the bytes from one ranged GET that cannot bring more than the
+//! limit, read under the minimum rate.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
+use object_store::{GetOptions, GetRange, GetResult, ObjectMeta, ObjectStore, ObjectStoreExt};
 
 use super::stores::{Cloud, CloudEnv, Stores};
-use super::{check_size, collect_capped, denied, too_large};
+use super::transfer::{MinRate, Transfer};
+use super::{check_size, denied, too_large};
 use crate::job::{ErrorKind, Failure};
 
 /// The buckets that references may name, and the stores that reach them.
@@ -17,16 +20,18 @@ pub(crate) struct Objects {
     stores: Stores,
     /// Empty: any bucket of the configured accounts.
     buckets: Vec<String>,
+    rate: MinRate,
 }
 
 /// An object whose metadata was read; its bytes not yet.
 #[derive(Debug)]
 pub(crate) struct OpenedObject {
-    store: Arc<dyn ObjectStore>,
-    path: ObjectPath,
-    size: u64,
+    pub(super) store: Arc<dyn ObjectStore>,
+    pub(super) path: ObjectPath,
+    pub(super) meta: ObjectMeta,
+    pub(super) rate: MinRate,
     /// The reference, for messages.
-    shown: String,
+    pub(super) shown: String,
 }
 
 /// A reference taken apart: which cloud, which bucket, which object.
@@ -37,10 +42,11 @@ struct Reference {
 }
 
 impl Objects {
-    pub(crate) fn new(env: CloudEnv, buckets: Vec<String>) -> Self {
+    pub(crate) fn new(env: CloudEnv, buckets: Vec<String>, rate: MinRate) -> Self {
         Self {
             stores: Stores::new(env),
             buckets,
+            rate,
         }
     }
 
@@ -68,7 +74,8 @@ impl Objects {
         Ok(OpenedObject {
             store,
             path,
-            size: meta.size,
+            meta,
+            rate: self.rate,
             shown,
         })
     }
@@ -76,29 +83,45 @@ impl Objects {
 
 impl OpenedObject {
     pub(crate) fn size(&self) -> u64 {
-        self.size
+        self.meta.size
     }
 
     /// Asks for the first `max + 1` bytes only, so that an object that grew since
     /// `open` costs one byte over the limit, not its whole size, before it is refused.
     pub(crate) async fn read(self, max: u64) -> Result<Bytes, Failure> {
-        let options = GetOptions {
-            range: Some(GetRange::Bounded(0..max.saturating_add(1))),
-            ..GetOptions::default()
-        };
-        let result = self
-            .store
-            .get_opts(&self.path, options)
-            .await
-            .map_err(|e| failure(&self.shown, &e))?;
+        let range = GetRange::Bounded(0..max.saturating_add(1));
+        let result = self.get(range, None).await?;
         if result.meta.size > max {
             return Err(too_large(max));
         }
-        let shown = self.shown;
-        collect_capped(result.into_stream(), self.size, max, |e| {
-            failure(&shown, &e)
-        })
-        .await
+        let size = self.meta.size;
+        self.body(result).collect(size, size, max, None).await
+    }
+
+    /// One ranged GET; with `if_match`, refused by the store if the object changed.
+    pub(super) async fn get(
+        &self,
+        range: GetRange,
+        if_match: Option<String>,
+    ) -> Result<GetResult, Failure> {
+        let options = GetOptions {
+            range: Some(range),
+            if_match,
+            ..GetOptions::default()
+        };
+        self.store
+            .get_opts(&self.path, options)
+            .await
+            .map_err(|e| failure(&self.shown, &e))
+    }
+
+    /// A GET's body as a [`Transfer`].
+    pub(super) fn body(&self, result: GetResult) -> Transfer {
+        let shown = self.shown.clone();
+        let chunks = result
+            .into_stream()
+            .map(move |chunk| chunk.map_err(|e| failure(&shown, &e)));
+        Transfer::new(Box::pin(chunks), self.rate, self.shown.clone())
     }
 }
 
@@ -132,9 +155,12 @@ fn parse(reference: &str) -> Result<Reference, Failure> {
 }
 
 /// What an object store's answer means for the job.
-fn failure(shown: &str, e: &object_store::Error) -> Failure {
+pub(super) fn failure(shown: &str, e: &object_store::Error) -> Failure {
     use object_store::Error as E;
     match e {
+        E::Precondition { .. } => Failure::retryable(format!(
+            "{shown} changed while it was read (its ETag is not the one first seen)"
+        )),
         E::NotFound { .. } => {
             Failure::permanent(ErrorKind::FileNotFound, format!("{shown} does not exist"))
         }
@@ -185,7 +211,7 @@ mod tests {
     #[tokio::test]
     async fn buckets_outside_the_allowlist_are_denied_before_any_request() {
         // No credentials and no endpoint: a request would fail differently.
-        let objects = Objects::new(CloudEnv::default(), vec!["allowed".into()]);
+        let objects = Objects::new(CloudEnv::default(), vec!["allowed".into()], MinRate::OFF);
         for reference in ["s3://other/k.pdf", "az://other/k.pdf", "gs://other/k.pdf"] {
             let Err(Failure::Permanent { kind, message }) = objects.open(reference, 10).await
             else {
@@ -198,7 +224,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unconfigured_cloud_is_denied() {
-        let objects = Objects::new(CloudEnv::default(), vec![]);
+        let objects = Objects::new(CloudEnv::default(), vec![], MinRate::OFF);
         let Err(Failure::Permanent { kind, .. }) = objects.open("az://c/k.pdf", 10).await else {
             panic!("az:// without an account must be refused");
         };

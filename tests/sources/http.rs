@@ -17,7 +17,7 @@ fn https_sources(server: &FileServer, dir: &tempfile::TempDir, extra: &[&str]) -
 async fn https_files_are_read_through_a_private_ca() {
     let (server, dir) = (FileServer::start().await, tempfile::tempdir().unwrap());
     server.put_file("a.pdf", PDF);
-    let s = https_sources(&server, &dir, &["--file-http-allowed-hosts=127.0.0.1"]);
+    let s = https_sources(&server, &dir, &["--file-http-allowed-hosts=127.0.0.1:*"]);
     let opened = s
         .open(&server.https_url("/files/a.pdf"))
         .await
@@ -25,14 +25,14 @@ async fn https_files_are_read_through_a_private_ca() {
     assert_eq!(opened.size(), PDF.len() as u64);
     assert_eq!(opened.read(100_000).await.expect("read"), PDF);
     // Without the CA the certificate is not trusted, and nothing is read.
-    let untrusted = sources(&["--file-http-allowed-hosts=127.0.0.1"], vec![]);
+    let untrusted = sources(&["--file-http-allowed-hosts=127.0.0.1:*"], vec![]);
     assert_retryable(read(&untrusted, &server.https_url("/files/a.pdf")).await);
 }
 
 #[tokio::test]
 async fn answers_end_as_the_contract_says() {
     let (server, dir) = (FileServer::start().await, tempfile::tempdir().unwrap());
-    let s = https_sources(&server, &dir, &["--file-http-allowed-hosts=127.0.0.1"]);
+    let s = https_sources(&server, &dir, &["--file-http-allowed-hosts=127.0.0.1:*"]);
     assert_kind(
         read(&s, &server.https_url("/files/missing.pdf")).await,
         ErrorKind::FileNotFound,
@@ -66,32 +66,43 @@ async fn answers_end_as_the_contract_says() {
 }
 
 #[tokio::test]
-async fn a_server_that_drips_is_cut_off_by_the_whole_download_limit() {
+async fn a_server_under_the_minimum_rate_is_cut_off_and_an_honest_slow_one_is_not() {
     let (server, dir) = (FileServer::start().await, tempfile::tempdir().unwrap());
-    // Each byte comes within FILE_HTTP_TIMEOUT; the 100 of them would take 20 s,
-    // past the limit of ten timeouts (3 s).
+    // 1000 bytes/s asked over 1 s; each byte comes within FILE_HTTP_TIMEOUT (1 s), but
+    // one every 200 ms is 5 bytes/s.
     let s = https_sources(
         &server,
         &dir,
         &[
-            "--file-http-allowed-hosts=127.0.0.1",
-            "--file-http-timeout=300ms",
+            "--file-http-allowed-hosts=127.0.0.1:*",
+            "--file-min-rate=1000",
+            "--file-min-rate-window=1s",
         ],
     );
+    for length in [true, false] {
+        let started = Instant::now();
+        let url = server.https_url(&format!("/drip/100?length={length}"));
+        let message = assert_retryable(read(&s, &url).await);
+        let took = started.elapsed();
+        assert!(message.contains("too slow"), "{message}");
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+            "cut off after {took:?}"
+        );
+    }
+    // 100 000 bytes at 20 000 bytes/s: five seconds, above the minimum all along.
     let started = Instant::now();
-    let message = assert_retryable(read(&s, &server.https_url("/drip/100")).await);
-    let took = started.elapsed();
-    assert!(message.contains("took longer than"), "{message}");
-    assert!(
-        took >= Duration::from_secs(3) && took < Duration::from_secs(8),
-        "cut off after {took:?}"
-    );
+    let body = read(&s, &server.https_url("/rate/100000/20000"))
+        .await
+        .expect("an honest slow server is read whole");
+    assert_eq!(body.len(), 100_000);
+    assert!(started.elapsed() >= Duration::from_secs(4));
 }
 
 #[tokio::test]
 async fn oversize_files_are_refused_without_downloading_them() {
     let (server, dir) = (FileServer::start().await, tempfile::tempdir().unwrap());
-    let s = https_sources(&server, &dir, &["--file-http-allowed-hosts=127.0.0.1"]);
+    let s = https_sources(&server, &dir, &["--file-http-allowed-hosts=127.0.0.1:*"]);
     let size = 128 * MIB;
     // What a refused file cost: the socket buffers fill up (a few MiB on loopback)
     // until the client hangs up, and no more is sent.
@@ -145,7 +156,7 @@ async fn oversize_files_are_refused_without_downloading_them() {
 async fn hosts_outside_the_allowlist_are_refused_before_any_request() {
     let (server, dir) = (FileServer::start().await, tempfile::tempdir().unwrap());
     server.put_file("a.pdf", PDF);
-    let s = https_sources(&server, &dir, &["--file-http-allowed-hosts=127.0.0.1"]);
+    let s = https_sources(&server, &dir, &["--file-http-allowed-hosts=127.0.0.1:*"]);
     assert_kind(
         read(&s, &server.https_url_by_name("/files/a.pdf")).await,
         ErrorKind::FileAccessDenied,
@@ -157,7 +168,7 @@ async fn hosts_outside_the_allowlist_are_refused_before_any_request() {
     );
     assert_eq!(server.sent(), 0, "no connection was made");
     // The other name works once it is allowed.
-    let named = https_sources(&server, &dir, &["--file-http-allowed-hosts=LOCALHOST"]);
+    let named = https_sources(&server, &dir, &["--file-http-allowed-hosts=LOCALHOST:*"]);
     assert_eq!(
         read(&named, &server.https_url_by_name("/files/a.pdf"))
             .await
@@ -170,7 +181,7 @@ async fn hosts_outside_the_allowlist_are_refused_before_any_request() {
 async fn redirects_are_followed_only_within_the_allowlist() {
     let (server, dir) = (FileServer::start().await, tempfile::tempdir().unwrap());
     server.put_file("a.pdf", PDF);
-    let s = https_sources(&server, &dir, &["--file-http-allowed-hosts=127.0.0.1"]);
+    let s = https_sources(&server, &dir, &["--file-http-allowed-hosts=127.0.0.1:*"]);
     let via = |target: &str| server.https_url(&format!("/redirect?to={}", urlencode(target)));
     // Relative and absolute, within the allowlist: followed.
     assert_eq!(read(&s, &via("/files/a.pdf")).await.expect("read"), PDF);
@@ -204,13 +215,13 @@ async fn plain_http_only_when_allowed() {
     let (server, dir) = (FileServer::start().await, tempfile::tempdir().unwrap());
     server.put_file("a.pdf", PDF);
     let url = server.http_url("/files/a.pdf");
-    let strict = https_sources(&server, &dir, &["--file-http-allowed-hosts=127.0.0.1"]);
+    let strict = https_sources(&server, &dir, &["--file-http-allowed-hosts=127.0.0.1:*"]);
     assert_kind(read(&strict, &url).await, ErrorKind::FileAccessDenied);
     let plain = https_sources(
         &server,
         &dir,
         &[
-            "--file-http-allowed-hosts=127.0.0.1",
+            "--file-http-allowed-hosts=127.0.0.1:*",
             "--file-http-allow-plain=true",
         ],
     );
@@ -222,7 +233,7 @@ async fn plain_http_only_when_allowed() {
 #[tokio::test]
 async fn secrets_in_urls_never_reach_messages() {
     let (server, dir) = (FileServer::start().await, tempfile::tempdir().unwrap());
-    let s = https_sources(&server, &dir, &["--file-http-allowed-hosts=127.0.0.1"]);
+    let s = https_sources(&server, &dir, &["--file-http-allowed-hosts=127.0.0.1:*"]);
     let port = server.https.port();
     let closed = servers::free_port();
     for reference in [

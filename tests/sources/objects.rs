@@ -19,7 +19,12 @@ pub(super) async fn s3_put(endpoint: &External, bucket: &str, key: &str, body: i
         .expect("put");
 }
 
-async fn azure_put(endpoint: &External, container: &str, name: &str, body: impl Into<Bytes>) {
+pub(super) async fn azure_put(
+    endpoint: &External,
+    container: &str,
+    name: &str,
+    body: impl Into<Bytes>,
+) {
     servers::create_container(endpoint, container).await;
     let store = MicrosoftAzureBuilder::new()
         .with_account(servers::AZURE_ACCOUNT)

@@ -41,6 +41,8 @@ struct Shared {
     served_once: Mutex<std::collections::HashSet<String>>,
     puts: Mutex<Vec<Put>>,
     sent: AtomicU64,
+    /// GETs of `/files/…`, counted to see when a reader asks again.
+    file_requests: AtomicU64,
 }
 
 /// The server, on two ports of 127.0.0.1: plain HTTP and HTTPS.
@@ -88,6 +90,11 @@ impl FileServer {
             .lock()
             .unwrap()
             .insert(name.to_owned(), body.into());
+    }
+
+    /// GETs of `/files/…` so far.
+    pub fn file_requests(&self) -> u64 {
+        self.shared.file_requests.load(Ordering::Relaxed)
     }
 
     /// Bytes written to the sockets so far, TLS records and headers included.
@@ -232,14 +239,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counting<T> {
 
 /// | route | answer |
 /// |---|---|
-/// | `GET /files/{name}` | a stored file, with its length; 404 when absent |
+/// | `GET /files/{name}` | a stored file, with its length and an ETag, honouring `Range` (one range) and `If-Match`; 404 when absent. `?ranges=false`: `Range` ignored; `?length=false`: no length either |
 /// | `GET /big/{size}` | `size` bytes of PDF-looking filler, with its length, made as sent |
 /// | `GET /chunked/{size}` | the same without a length (chunked) |
 /// | `GET /redirect?to=URL` | 302 to URL |
 /// | `GET /status/{code}` | that status |
 /// | `* /fail/{code}/{*rest}` | that status, whatever the method (an object store's endpoint that fails) |
+/// | `GET /drip/{size}` | `size` bytes, one every `?every_ms=` (200), with a length unless `?length=false` |
+/// | `GET /rate/{size}/{per_second}` | `size` bytes at `per_second`, in pieces of a tenth of it, with a length unless `?length=false` |
 /// | `GET /stall`, `* /stall/{*rest}` | nothing for a minute |
 /// | `PUT /put/{*path}` | recorded, 201 |
+/// | `GET /put/{*path}` | the body last PUT there; 404 when none |
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/files/{name}", get(file))
@@ -250,17 +260,79 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/status/{code}", get(status))
         .route("/fail/{code}/{*rest}", axum::routing::any(fail))
         .route("/drip/{size}", get(drip))
+        .route("/rate/{size}/{per_second}", get(rate))
         .route("/stall", get(stall))
         .route("/stall/{*rest}", axum::routing::any(stall))
-        .route("/put/{*path}", axum::routing::put(record_put))
+        .route(
+            "/put/{*path}",
+            axum::routing::put(record_put).get(stored_put),
+        )
         .with_state(shared)
 }
 
-async fn file(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
-    match shared.files.lock().unwrap().get(&name) {
-        Some(body) => body.clone().into_response(),
-        None => StatusCode::NOT_FOUND.into_response(),
+/// How `/files/{name}` behaves.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct FileOptions {
+    ranges: Option<bool>,
+    length: Option<bool>,
+}
+
+async fn file(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(options): Query<FileOptions>,
+    headers: HeaderMap,
+) -> Response {
+    shared.file_requests.fetch_add(1, Ordering::Relaxed);
+    let Some(body) = shared.files.lock().unwrap().get(&name).cloned() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let etag = format!(
+        "\"{:x}-{}\"",
+        body.len(),
+        body.iter().map(|b| *b as u64).sum::<u64>()
+    );
+    let header_of = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if header_of(header::IF_MATCH).is_some_and(|m| m != etag) {
+        return StatusCode::PRECONDITION_FAILED.into_response();
     }
+    if options.length == Some(false) {
+        let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(body)]);
+        return ([(header::ETAG, etag)], Body::from_stream(stream)).into_response();
+    }
+    let range = header_of(header::RANGE).filter(|_| options.ranges != Some(false));
+    let Some(range) = range else {
+        return ([(header::ETAG, etag)], body).into_response();
+    };
+    let len = body.len() as u64;
+    match parse_range(range, len) {
+        Some((first, last)) => (
+            StatusCode::PARTIAL_CONTENT,
+            [
+                (header::ETAG, etag),
+                (header::CONTENT_RANGE, format!("bytes {first}-{last}/{len}")),
+            ],
+            body.slice(first as usize..=last as usize),
+        )
+            .into_response(),
+        None => (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+        )
+            .into_response(),
+    }
+}
+
+/// `bytes=first-last` or `bytes=first-` within `len` bytes.
+fn parse_range(raw: &str, len: u64) -> Option<(u64, u64)> {
+    let (first, last) = raw.strip_prefix("bytes=")?.split_once('-')?;
+    let first: u64 = first.parse().ok()?;
+    let last: u64 = match last {
+        "" => len.checked_sub(1)?,
+        last => last.parse::<u64>().ok()?.min(len.checked_sub(1)?),
+    };
+    (first <= last).then_some((first, last))
 }
 
 /// A file served the first time, and 503 ever after.
@@ -268,7 +340,13 @@ async fn once(state: State<Arc<Shared>>, Path(name): Path<String>) -> Response {
     if !state.served_once.lock().unwrap().insert(name.clone()) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
-    file(state, Path(name)).await
+    file(
+        state,
+        Path(name),
+        Query(FileOptions::default()),
+        HeaderMap::new(),
+    )
+    .await
 }
 
 /// A body of `size` bytes in 64 KiB pieces, made as the client reads them.
@@ -310,21 +388,53 @@ async fn fail(Path((code, _)): Path<(u16, String)>) -> Response {
     status(Path(code)).await
 }
 
-/// `size` bytes, one every 200 ms: each wait is short, the whole is not.
-async fn drip(Path(size): Path<u64>) -> Response {
+#[derive(serde::Deserialize)]
+#[serde(default)]
+struct Paced {
+    every_ms: u64,
+    length: bool,
+}
+
+impl Default for Paced {
+    fn default() -> Self {
+        Self {
+            every_ms: 200,
+            length: true,
+        }
+    }
+}
+
+/// A body of `size` bytes in `pieces` of `piece` bytes, one every `every`.
+fn paced(size: u64, piece: u64, every: Duration, length: bool) -> Response {
     let bytes = futures_util::stream::unfold(0u64, move |sent| async move {
         if sent == size {
             return None;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let byte = if sent == 0 { b'%' } else { b'x' };
-        Some((Ok::<_, std::io::Error>(Bytes::from(vec![byte])), sent + 1))
+        tokio::time::sleep(every).await;
+        let n = piece.min(size - sent) as usize;
+        let mut chunk = vec![b'x'; n];
+        if sent == 0 {
+            chunk[0] = b'%';
+        }
+        Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), sent + n as u64))
     });
-    (
-        [(header::CONTENT_LENGTH, size.to_string())],
-        Body::from_stream(bytes),
-    )
-        .into_response()
+    let body = Body::from_stream(bytes);
+    if length {
+        ([(header::CONTENT_LENGTH, size.to_string())], body).into_response()
+    } else {
+        body.into_response()
+    }
+}
+
+/// `size` bytes, one every `every_ms`: each wait is short, the whole is not.
+async fn drip(Path(size): Path<u64>, Query(p): Query<Paced>) -> Response {
+    paced(size, 1, Duration::from_millis(p.every_ms), p.length)
+}
+
+/// An honest but limited server: `size` bytes at `per_second`.
+async fn rate(Path((size, per_second)): Path<(u64, u64)>, Query(p): Query<Paced>) -> Response {
+    let piece = (per_second / 10).max(1);
+    paced(size, piece, Duration::from_millis(100), p.length)
 }
 
 async fn stall() -> Response {
@@ -351,4 +461,12 @@ async fn record_put(
         body,
     });
     StatusCode::CREATED
+}
+
+async fn stored_put(State(shared): State<Arc<Shared>>, Path(path): Path<String>) -> Response {
+    let puts = shared.puts.lock().unwrap();
+    match puts.iter().rev().find(|p| p.path == path) {
+        Some(put) => put.body.clone().into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }

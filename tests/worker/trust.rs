@@ -82,19 +82,20 @@ async fn every_header_of_a_real_retry_copy_on_another_body_is_a_new_job() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_copied_execution_mark_does_not_skip_the_action() {
-    // A storage write that fails after the execution leaves a retry copy marked
-    // "executed": its retry writes the record without calling the API again.
-    let mut w = Worker::new(
-        SimConfig::default(),
-        &[("MAX_ATTEMPTS", "5"), ("RETRY_DELAYS", SLOW_RETRY)],
-    )
-    .await;
+    // Storage that refuses the record after the execution pauses the worker, which
+    // hands the job back as a fresh copy marked "executed": its next delivery writes
+    // the record without calling the API again.
+    let mut w = Worker::new(SimConfig::default(), &[]).await;
     w.start().await;
     let sync = w.dir.path().join("sync");
     std::fs::remove_dir(&sync).unwrap();
     std::fs::write(&sync, b"not a directory").unwrap();
     w.publish(&job("ran", &w.file("r.pdf", &pdf(100)))).await;
-    let genuine = retry_copy(&w).await;
+    w.wait_not_ready_because("storage", Duration::from_secs(20))
+        .await;
+    let mut copies = w.drain("jobs", 1, Duration::from_secs(10)).await;
+    assert_eq!(copies.len(), 1, "the hand-back copy:\n{}", w.logs());
+    let genuine = copies.remove(0);
     let mark = state_of(&genuine.delivery.properties);
     assert_eq!(mark["executed"], true, "{mark}");
     std::fs::remove_file(&sync).unwrap();
