@@ -74,7 +74,14 @@ fn allowed() -> Vec<String> {
 fn extra_memory(data: &[u8], allowed: &[String]) -> usize {
     let before = LIVE.load(Ordering::Relaxed);
     PEAK.store(before, Ordering::Relaxed);
-    let encoded = encode::encode(data, Some("application/pdf"), allowed, None).unwrap();
+    let encoded = encode::encode(
+        data,
+        Some("application/pdf"),
+        allowed,
+        None,
+        &encode::BodyFormat::default(),
+    )
+    .unwrap();
     let peak = PEAK.load(Ordering::Relaxed);
     drop(black_box(encoded));
     peak - before
@@ -102,7 +109,14 @@ fn bench(c: &mut Criterion) {
     group.bench_function("body_and_sha256", |b| {
         b.iter(|| {
             black_box(
-                encode::encode(black_box(&data), Some("application/pdf"), &allowed, None).unwrap(),
+                encode::encode(
+                    black_box(&data),
+                    Some("application/pdf"),
+                    &allowed,
+                    None,
+                    &encode::BodyFormat::default(),
+                )
+                .unwrap(),
             )
         })
     });

@@ -112,7 +112,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Encode(args) => {
-            if let Err(e) = args.limits.settings() {
+            if let Err(e) = args.limits.settings().and(args.format().map(|_| ())) {
                 refuse(e);
             }
             runtime.block_on(encode::run(&args))

@@ -73,6 +73,11 @@ pub struct Report {
     /// had run: a hand-back after more progress than that must keep it.
     pub progress_at_start: (usize, bool),
     pub storage_uri: Option<String>,
+    /// The API's answer to the (last) execution, JSON of at most 64 KiB; `None`
+    /// when it sent none, when it was longer (`output_truncated`), or when the
+    /// execution happened in an earlier delivery.
+    pub output: Option<Value>,
+    pub output_truncated: bool,
     pub stages: Vec<(Stage, OffsetDateTime)>,
     pub latency: Duration,
     pub outcome: Outcome,
@@ -101,6 +106,8 @@ impl Report {
             progress_at_start: (state.chunks.len(), state.executed),
             state,
             storage_uri: None,
+            output: None,
+            output_truncated: false,
             stages: Vec::with_capacity(4),
             latency: Duration::ZERO,
             outcome: Outcome::Succeeded,
@@ -111,6 +118,15 @@ impl Report {
     /// copy must say so, or the next delivery would send them again.
     pub fn progressed(&self) -> bool {
         (self.state.chunks.len(), self.state.executed) != self.progress_at_start
+    }
+
+    /// Keeps the API's answer of the execution that just succeeded.
+    pub fn take_output(&mut self, output: crate::cxone::Output) {
+        (self.output, self.output_truncated) = match output {
+            crate::cxone::Output::Json(value) => (Some(value), false),
+            crate::cxone::Output::Truncated => (None, true),
+            crate::cxone::Output::None => (None, false),
+        };
     }
 
     pub fn reach(&mut self, stage: Stage) {
@@ -124,21 +140,7 @@ impl Report {
     /// The result message, or `None` for an outcome that is not the job's end.
     pub fn result(&self) -> Option<Value> {
         match &self.outcome {
-            Outcome::Succeeded => Some(json!({
-                    "job_id": self.job_id,
-                    "status": "succeeded",
-                    "data_action_id": self.data_action_id,
-                    "execution_id": self.state.execution_id,
-                    "content_type": self.content_type,
-                    "original_size": self.original_size,
-                    "encoded_size": self.encoded_size,
-                    "sha256": self.sha256,
-                    "attempts": self.state.attempts,
-                    "latency_ms": self.latency_ms(),
-                    "storage_uri": self.storage_uri,
-                    "file": self.file,
-                    "completed_at": rfc3339(now()),
-            })),
+            Outcome::Succeeded => Some(self.succeeded()),
             Outcome::Failed { kind, error } => Some(json!({
                     "job_id": self.job_id,
                     "status": "failed",
@@ -150,6 +152,43 @@ impl Report {
             })),
             Outcome::Retry { .. } | Outcome::HandBack { .. } => None,
         }
+    }
+
+    /// The `job.succeeded` result: the contract's fields, the API's `output` (or
+    /// `output_truncated`), and the chunks of a chunked job.
+    fn succeeded(&self) -> Value {
+        let mut result = json!({
+            "job_id": self.job_id,
+            "status": "succeeded",
+            "data_action_id": self.data_action_id,
+            "execution_id": self.state.execution_id,
+            "content_type": self.content_type,
+            "original_size": self.original_size,
+            "encoded_size": self.encoded_size,
+            "sha256": self.sha256,
+            "attempts": self.state.attempts,
+            "latency_ms": self.latency_ms(),
+            "storage_uri": self.storage_uri,
+            "file": self.file,
+            "completed_at": rfc3339(now()),
+        });
+        let fields = result.as_object_mut().expect("a JSON object");
+        if let Some(output) = &self.output {
+            fields.insert("output".into(), output.clone());
+        } else if self.output_truncated {
+            fields.insert("output_truncated".into(), Value::Bool(true));
+        }
+        let chunks = &self.state.chunks;
+        if !chunks.is_empty() {
+            fields.insert("chunk_count".into(), json!(chunks.len()));
+            let list: Vec<Value> = chunks
+                .iter()
+                .enumerate()
+                .map(|(index, id)| json!({"index": index, "execution_id": id}))
+                .collect();
+            fields.insert("chunks".into(), Value::Array(list));
+        }
+        result
     }
 
     /// The terminal audit event of this delivery, if it has one.

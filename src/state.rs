@@ -52,6 +52,13 @@ pub struct JobState {
     /// index of the next chunk to send.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<Option<String>>,
+    /// The chunk size and the whole file's SHA-256 the executed chunks were cut
+    /// with: a retry goes on with the same chunks, and a file that changed since
+    /// cannot be finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_sha256: Option<String>,
     /// Storage writes that failed after the execution succeeded.
     #[serde(skip_serializing_if = "is_zero")]
     pub sync_failures: u32,

@@ -9,6 +9,7 @@
 //! [`Storage::probe`] tells when storage takes writes again.
 
 mod error;
+mod streamed;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,7 @@ use crate::source::stores::{self, Cloud};
 use crate::telemetry::names;
 use error::Cause;
 pub use error::{StorageError, StorageErrorKind};
+pub use streamed::StoreError;
 
 /// Longest object name kept readable; longer ones are cut and suffixed with a hash.
 const MAX_NAME: usize = 200;
@@ -222,6 +224,17 @@ impl Storage {
     }
 
     fn record_chunks(&self, r: &Record<'_>) -> Vec<Bytes> {
+        let (head, tail) = self.frame(r);
+        if self.payload == StoragePayload::Base64 {
+            vec![Bytes::from(head), r.base64.clone(), Bytes::from(tail)]
+        } else {
+            vec![Bytes::from(head), Bytes::from(tail)]
+        }
+    }
+
+    /// The record's JSON before and after the base64 of `encoded_data` (with
+    /// `STORAGE_PAYLOAD=base64`), or its two halves that join into the whole record.
+    fn frame(&self, r: &Record<'_>) -> (Vec<u8>, Vec<u8>) {
         let head = Head {
             request_id: r.request_id,
             job_id: r.job_id,
@@ -240,17 +253,11 @@ impl Storage {
         head.pop(); // the closing brace: more fields follow
         let mut tail_json = serde_json::to_vec(&tail).expect("record tail");
         tail_json[0] = b','; // the opening brace: these fields continue the object
-        let mut chunks = Vec::with_capacity(4);
         if self.payload == StoragePayload::Base64 {
             head.extend_from_slice(br#","encoded_data":""#);
-            chunks.push(Bytes::from(head));
-            chunks.push(r.base64.clone());
-            chunks.push(Bytes::from_static(b"\""));
-        } else {
-            chunks.push(Bytes::from(head));
+            tail_json.insert(0, b'"');
         }
-        chunks.push(Bytes::from(tail_json));
-        chunks
+        (head, tail_json)
     }
 
     async fn put_retrying(&self, name: &str, chunks: Vec<Bytes>) -> Result<(), StorageError> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use cxone_worker::config::{ApiSettings, Secret};
+use cxone_worker::config::{ApiSettings, ProfileName};
 use cxone_worker::cxone::Client;
 use cxone_worker::job::{ErrorKind, Failure, Systemic};
 use cxone_worker::sim::{SimConfig, SimHandle, spawn};
@@ -15,14 +15,15 @@ const BODY: &[u8] = br#"{"inputs":{"binaryPayload":{"value":"JVBERi0=","contentT
 
 fn settings(url: &str, secret: &str) -> ApiSettings {
     ApiSettings {
-        base_url: url::Url::parse(url).unwrap(),
-        client_id: "test-client".into(),
-        client_secret: Secret::new(secret.into()),
-        default_action: None,
         rate_limit_per_minute: 1_000_000,
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(5),
-        unreachable_after: 5,
+        ..ApiSettings::new(
+            ProfileName::Seed,
+            Some(url::Url::parse(url).unwrap()),
+            "test-client",
+            secret,
+        )
     }
 }
 

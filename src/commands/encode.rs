@@ -5,7 +5,9 @@ use std::io::{IsTerminal, Write};
 
 use clap::Args;
 
-use crate::config::LimitArgs;
+use crate::config::{BodyArgs, ConfigError, LimitArgs, ProfileName};
+use crate::cxone::profile::body_format;
+use crate::encode::BodyFormat;
 use crate::job::Failure;
 use crate::source::Sources;
 
@@ -21,11 +23,32 @@ pub struct EncodeArgs {
     pub metadata: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// The API profile whose body to print: seed, genesys (flat) or cxone.
+    #[arg(long, env = "API_PROFILE", default_value = "seed")]
+    pub api_profile: String,
+    #[command(flatten)]
+    pub body: BodyArgs,
+}
+
+impl EncodeArgs {
+    /// The body's format, as `run` with the same settings would send it.
+    pub fn format(&self) -> Result<BodyFormat, ConfigError> {
+        let profile = ProfileName::ALL
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(self.api_profile.trim()))
+            .map(|(_, p)| *p)
+            .ok_or_else(|| ConfigError {
+                var: "API_PROFILE",
+                message: format!("{:?} is not one of seed, genesys, cxone", self.api_profile),
+            })?;
+        Ok(body_format(profile, &self.body.settings()?))
+    }
 }
 
 /// Prints the body, or `error_kind: message` on stderr and exits 1.
 pub async fn run(args: &EncodeArgs) -> anyhow::Result<()> {
     let limits = args.limits.settings()?;
+    let format = args.format()?;
     let metadata = match &args.metadata {
         None => None,
         Some(raw) => Some(
@@ -50,6 +73,7 @@ pub async fn run(args: &EncodeArgs) -> anyhow::Result<()> {
             args.content_type.as_deref(),
             &limits.allowed_types,
             metadata.as_ref(),
+            &format,
         )
     }
     .await;

@@ -82,7 +82,12 @@ pub async fn serve(
     tracing::info!(
         broker = %settings.broker.url,
         prefix = %settings.broker.prefix,
-        api = %settings.api.base_url,
+        profile = settings.api.profile.as_str(),
+        api = settings
+            .api
+            .base_url
+            .as_ref()
+            .map_or("the tenant's, from CXONE_ISSUER", url::Url::as_str),
         concurrency = settings.concurrency,
         admin = %admin_addr,
         "cxone-worker starting"

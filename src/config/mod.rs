@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-pub use api::{ApiArgs, ApiSettings};
+pub use api::{AccessKey, ApiArgs, ApiSettings, BodyArgs, BodyFields, ProfileName};
 pub use files::{AllowedHost, AllowedPort, FileArgs, FileSettings, LimitArgs, Limits};
 pub use storage::{StorageArgs, StoragePayload, StorageSettings};
 pub use value::{AmqpUrl, Secret, format_duration, parse_duration, redact_url, split_list};

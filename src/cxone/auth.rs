@@ -6,17 +6,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
-use serde::Deserialize;
+use reqwest::header::HeaderValue;
 use tokio::time::Instant;
 
+use super::grant::TokenRequest;
 use crate::config::Secret;
 use crate::job::{Failure, Systemic};
 use crate::telemetry::names;
 
-const SCOPE: &str = "data-actions:execute oauth:client-credentials";
 /// Refresh this long before `expires_in` runs out...
 const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 /// ...unless the token lives less than this; then at half its lifetime.
@@ -24,11 +21,6 @@ const SHORT_LIFETIME: Duration = Duration::from_secs(120);
 /// A refusal is given to every caller this long without asking again: the jobs in
 /// flight when credentials are revoked must not each hit the token endpoint.
 const FAILURE_HOLD: Duration = Duration::from_secs(2);
-/// A token answer without `expires_in` is trusted this long.
-const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
-/// Longer lifetimes are taken as this: an `expires_in` of u64::MAX must not
-/// overflow the clock, and a day-old token is refreshed anyway.
-const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// A bearer token and when to stop using it.
 pub struct Token {
@@ -38,9 +30,15 @@ pub struct Token {
     expires_at: Instant,
     /// Which fetch produced it, so a 401 invalidates only the token it was sent with.
     generation: u64,
+    /// The tenant's API host, when the profile discovers it with the token.
+    api_base: Option<url::Url>,
 }
 
 impl Token {
+    pub(crate) fn api_base(&self) -> Option<&url::Url> {
+        self.api_base.as_ref()
+    }
+
     pub(crate) fn header(&self) -> HeaderValue {
         self.value.expose().clone()
     }
@@ -70,18 +68,12 @@ struct State {
 
 pub struct TokenCache {
     http: reqwest::Client,
-    url: url::Url,
-    basic: Secret<HeaderValue>,
+    /// How the profile asks for a token.
+    request: TokenRequest,
     state: RwLock<State>,
     /// Held by the one caller that talks to the token endpoint.
     refresh: tokio::sync::Mutex<()>,
     backoff: ExponentialBuilder,
-}
-
-#[derive(Deserialize)]
-struct TokenAnswer {
-    access_token: String,
-    expires_in: Option<u64>,
 }
 
 /// When to refresh a token that lives `lifetime`.
@@ -94,20 +86,10 @@ pub fn refresh_after(lifetime: Duration) -> Duration {
 }
 
 impl TokenCache {
-    pub fn new(
-        http: reqwest::Client,
-        base_url: &url::Url,
-        client_id: &str,
-        secret: &Secret<String>,
-    ) -> Self {
-        let credentials = STANDARD.encode(format!("{client_id}:{}", secret.expose()));
-        let mut basic = HeaderValue::from_str(&format!("Basic {credentials}"))
-            .expect("base64 is a valid header");
-        basic.set_sensitive(true);
+    pub(crate) fn new(http: reqwest::Client, request: TokenRequest) -> Self {
         Self {
             http,
-            url: super::endpoint(base_url, &["api", "v2", "oauth", "token"]),
-            basic: Secret::new(basic),
+            request,
             state: RwLock::new(State::default()),
             refresh: tokio::sync::Mutex::new(()),
             backoff: ExponentialBuilder::default()
@@ -265,80 +247,26 @@ impl TokenCache {
     }
 
     async fn request_token(&self, generation: u64) -> Result<Arc<Token>, Failure> {
-        let response = self
-            .http
-            .post(self.url.clone())
-            .header(AUTHORIZATION, self.basic.expose().clone())
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(format!(
-                "grant_type=client_credentials&scope={}",
-                url::form_urlencoded::byte_serialize(SCOPE.as_bytes()).collect::<String>()
-            ))
-            .send()
-            .await
-            .map_err(|e| Failure::retryable(super::transport_message(&e)))?;
-        let status = response.status();
-        if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
-            return Err(Failure::retryable(format!(
-                "token endpoint answered {status}"
-            )));
-        }
-        let code = status.as_u16();
-        if matches!(code, 400 | 401 | 403) {
-            // OAuth's answers to a bad client or grant (RFC 6749 5.2): our
-            // credentials are refused. Not a job's fault.
-            return Err(Failure::systemic(
-                Systemic::CredentialsRefused,
-                format!("token endpoint refused the client credentials ({status})"),
-            ));
-        }
-        if !status.is_success() {
-            // 404, 405, a redirect…: whatever answers there is no token endpoint.
-            return Err(Failure::systemic(
-                Systemic::TokenEndpointInvalid,
-                format!(
-                    "{} answered {status}, not a token: check CXONE_API_URL / CXONE_TOKEN_URL",
-                    self.url
-                ),
-            ));
-        }
-        let body = response.bytes().await.map_err(|e| {
-            Failure::retryable(format!(
-                "token answer cut short: {}",
-                super::transport_message(&e)
-            ))
-        })?;
-        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| {
-            // JSON is not quoted: a token answer of another shape may hold secrets.
-            let what = match serde_json::from_slice::<serde_json::Value>(&body) {
-                Ok(_) => format!("JSON that is no token answer ({e})"),
-                Err(_) => format!("no JSON: {}", super::excerpt(&body)),
-            };
-            Failure::systemic(
-                Systemic::TokenEndpointInvalid,
-                format!(
-                    "{} answered {status} with {what}; check CXONE_API_URL / CXONE_TOKEN_URL",
-                    self.url
-                ),
-            )
-        })?;
-        let mut value = HeaderValue::from_str(&format!("Bearer {}", answer.access_token))
-            .map_err(|_| Failure::retryable("token answer holds an unusable access_token"))?;
-        value.set_sensitive(true);
-        let lifetime = answer
-            .expires_in
-            .map_or(DEFAULT_LIFETIME, Duration::from_secs)
-            .min(MAX_LIFETIME);
-        tracing::info!(expires_in = lifetime.as_secs(), "obtained an API token");
+        let obtained = self.request.obtain(&self.http).await?;
+        tracing::info!(
+            expires_in = obtained.lifetime.as_secs(),
+            "obtained an API token"
+        );
         let now = Instant::now();
+        // A lifetime too far out for the clock is, in practice, for ever.
+        let far = |d: Duration| now.checked_add(d).unwrap_or(now + FOR_EVER);
         Ok(Arc::new(Token {
-            value: Secret::new(value),
-            refresh_at: now + refresh_after(lifetime),
-            expires_at: now + lifetime,
+            value: Secret::new(obtained.header),
+            refresh_at: far(refresh_after(obtained.lifetime)),
+            expires_at: far(obtained.lifetime),
             generation,
+            api_base: obtained.api_base,
         }))
     }
 }
+
+/// Later than any token lives.
+const FOR_EVER: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 #[cfg(test)]
 mod tests {

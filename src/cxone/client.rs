@@ -1,4 +1,5 @@
-//! The execute call: token, pacing, `Idempotency-Key`, and what each answer means.
+//! The execute call: pacing, token, `Idempotency-Key`, and what each answer means,
+//! in the shapes of the API profile.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -6,28 +7,38 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
-use super::auth::TokenCache;
+use super::auth::{Token, TokenCache};
+use super::grant::TokenRequest;
 use super::pacing::Pacer;
-use super::{Answer, classify, endpoint, transport_message};
+use super::profile::{ApiBase, Profile};
+use super::{
+    Answer, MAX_OUTPUT_BYTES, Output, Read, classify, spent_rate_limit, transport_message,
+};
 use crate::config::ApiSettings;
 use crate::job::{ErrorKind, Failure, Systemic};
 use crate::telemetry::names;
 
-/// The most of an answer body read: enough for an `executionId` or an excerpt.
-const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// The response header that names a Genesys execution.
+const CORRELATION_ID: &str = "inin-correlation-id";
 
 /// A successful execution.
 #[derive(Debug, Clone)]
 pub struct Executed {
     pub execution_id: Option<String>,
+    /// The answer body, as the result carries it.
+    pub output: Output,
     /// From sending the request to its answer, 429 waits included.
     pub latency: Duration,
 }
 
+/// The API as the worker calls it: one per process, shared by every job.
 pub struct Client {
     http: reqwest::Client,
-    base_url: url::Url,
+    /// What this API's calls and answers look like.
+    profile: Profile,
+    /// The one token of the process.
     auth: TokenCache,
+    /// `RATE_LIMIT_PER_MINUTE`, and the pause a 429 sets for every call.
     pacer: Pacer,
     /// Transport failures since the last HTTP answer of any status.
     transport_failures: AtomicU32,
@@ -35,6 +46,9 @@ pub struct Client {
     calls_sent: AtomicU64,
     unreachable_after: u32,
 }
+
+/// How one request went: an answer, or a failure that ends the attempt.
+type Sent = Result<(Answer, Option<Duration>), Failure>;
 
 impl Client {
     pub fn new(settings: &ApiSettings, pool_size: usize) -> Result<Self, reqwest::Error> {
@@ -47,15 +61,11 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("cxone-worker/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let auth = TokenCache::new(
-            http.clone(),
-            &settings.base_url,
-            &settings.client_id,
-            &settings.client_secret,
-        );
+        let profile = Profile::from_settings(settings);
+        let auth = TokenCache::new(http.clone(), TokenRequest::new(&profile, settings));
         Ok(Self {
             http,
-            base_url: settings.base_url.clone(),
+            profile,
             auth,
             pacer: Pacer::per_minute(settings.rate_limit_per_minute),
             transport_failures: AtomicU32::new(0),
@@ -70,13 +80,15 @@ impl Client {
         self
     }
 
-    /// Executes `action` with `body`. A 429 waits (every caller does) and is not an
-    /// attempt; a 401 refreshes the token once; everything else ends the attempt.
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// Executes `action` with `body` under `key`. A 429 waits (every caller does)
+    /// and is not an attempt; a 401 refreshes the token once; everything else ends
+    /// the attempt.
     pub async fn execute(&self, action: &str, key: &str, body: Bytes) -> Result<Executed, Failure> {
-        let url = endpoint(
-            &self.base_url,
-            &["api", "v2", "data-actions", action, "execute"],
-        );
+        let key = key_header(key)?;
         let started = tokio::time::Instant::now();
         let mut refreshed = false;
         let mut rate_limited = 0u32;
@@ -85,52 +97,30 @@ impl Client {
             // pace, a 429's pause) may expire during it.
             self.pacer.ready().await;
             let token = self.auth.token().await?;
-            self.calls_sent.fetch_add(1, Ordering::Relaxed);
-            let sent = self
-                .http
-                .post(url.clone())
-                .header(AUTHORIZATION, token.header())
-                .header(CONTENT_TYPE, "application/json")
-                .header("Idempotency-Key", key_header(key)?)
-                .body(body.clone())
-                .send()
-                .await;
-            let answer = match sent {
-                Ok(response) => {
-                    self.transport_failures.store(0, Ordering::Relaxed);
-                    read_answer(response).await
-                }
-                Err(e) if e.is_builder() => {
-                    // Never sent: not a sign of the API being away.
-                    return Err(Failure::retryable(transport_message(&e)));
-                }
-                Err(e) => {
-                    let message = transport_message(&e);
-                    let in_a_row = self.transport_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                    metrics::counter!(names::EXECUTE_CALLS, "answer" => "transport_error")
-                        .increment(1);
-                    if in_a_row >= self.unreachable_after {
-                        return Err(Failure::systemic(
-                            Systemic::ApiUnreachable,
-                            format!("{in_a_row} calls in a row failed: {message}"),
-                        ));
-                    }
-                    return Err(Failure::retryable(message));
-                }
-            };
+            let (answer, spent) = self.send(&token, action, &key, body.clone()).await?;
+            if let Some(wait) = spent {
+                // The API's own count says the window is spent: nobody calls before
+                // it resets, this answer whatever it was.
+                metrics::counter!(names::RATE_LIMITED, "source" => "inin_ratelimit").increment(1);
+                self.pacer.pause_for(wait);
+            }
             match answer {
-                Answer::Success { execution_id } => {
+                Answer::Success {
+                    execution_id,
+                    output,
+                } => {
                     let latency = started.elapsed();
                     metrics::histogram!(names::EXECUTE_DURATION).record(latency.as_secs_f64());
                     return Ok(Executed {
                         execution_id,
+                        output,
                         latency,
                     });
                 }
                 Answer::RateLimited(asked) => {
                     rate_limited += 1;
                     let wait = asked.max(rate_limit_floor(rate_limited));
-                    metrics::counter!(names::RATE_LIMITED).increment(1);
+                    metrics::counter!(names::RATE_LIMITED, "source" => "429").increment(1);
                     tracing::info!(
                         wait_ms = wait.as_millis() as u64,
                         "API rate limit: every call waits"
@@ -148,21 +138,66 @@ impl Client {
                     ));
                 }
                 Answer::Retryable(message) => return Err(Failure::retryable(message)),
-                Answer::Forbidden { excerpt } => {
-                    return Err(Failure::permanent(
-                        ErrorKind::Forbidden,
-                        format!("API answered 403: {excerpt}"),
-                    ));
+                Answer::Forbidden { error } => {
+                    return Err(Failure::permanent(ErrorKind::Forbidden, error));
                 }
-                Answer::Rejected { status, excerpt } => {
-                    return Err(Failure::permanent(
-                        ErrorKind::Rejected,
-                        format!("API answered {status}: {excerpt}"),
-                    ));
+                Answer::Rejected { error } => {
+                    return Err(Failure::permanent(ErrorKind::Rejected, error));
                 }
                 Answer::Misdirected(message) => {
                     return Err(Failure::systemic(Systemic::ApiUnreachable, message));
                 }
+            }
+        }
+    }
+
+    /// One request: its answer and, where the profile reads `inin-ratelimit`, the
+    /// wait it asks of every caller. Transport failures in a row make the API
+    /// unreachable.
+    async fn send(&self, token: &Token, action: &str, key: &HeaderValue, body: Bytes) -> Sent {
+        let base = match (&self.profile.api_base, token.api_base()) {
+            (ApiBase::Fixed(base), _) | (ApiBase::Discovered { .. }, Some(base)) => base,
+            (ApiBase::Discovered { .. }, None) => {
+                return Err(Failure::systemic(
+                    Systemic::TokenEndpointInvalid,
+                    "the token came without the tenant's API host",
+                ));
+            }
+        };
+        let url = self.profile.execute_url(base, action);
+        self.calls_sent.fetch_add(1, Ordering::Relaxed);
+        let sent = self
+            .http
+            .post(url)
+            .header(AUTHORIZATION, token.header())
+            .header(CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", key.clone())
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(response) => {
+                self.transport_failures.store(0, Ordering::Relaxed);
+                let spent = self
+                    .profile
+                    .rate_headers
+                    .then(|| spent_rate_limit(response.headers()))
+                    .flatten();
+                Ok((read_answer(response, &self.profile).await, spent))
+            }
+            // Never sent: not a sign of the API being away.
+            Err(e) if e.is_builder() => Err(Failure::retryable(transport_message(&e))),
+            Err(e) => {
+                let message = transport_message(&e);
+                let in_a_row = self.transport_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                metrics::counter!(names::EXECUTE_CALLS, "answer" => "transport_error").increment(1);
+                if in_a_row >= self.unreachable_after {
+                    return Err(Failure::systemic(
+                        Systemic::ApiUnreachable,
+                        format!("{in_a_row} calls in a row failed: {message}"),
+                    ));
+                }
+                Err(Failure::retryable(message))
             }
         }
     }
@@ -198,24 +233,35 @@ fn rate_limit_floor(n: u32) -> Duration {
     floor.min(Duration::from_secs(30))
 }
 
-async fn read_answer(mut response: reqwest::Response) -> Answer {
+async fn read_answer(mut response: reqwest::Response, profile: &Profile) -> Answer {
     let status = response.status().as_u16();
     metrics::counter!(names::EXECUTE_CALLS, "answer" => status_class(status)).increment(1);
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (retry_after, correlation_id) = (header(RETRY_AFTER.as_str()), header(CORRELATION_ID));
+    // One byte more than an output may have says "longer"; the rest is not read.
+    let limit = MAX_OUTPUT_BYTES + 1;
     let mut body = Vec::new();
     // A body cut short still classifies by its status; only the excerpt suffers.
     while let Ok(Some(chunk)) = response.chunk().await {
-        let room = MAX_ANSWER_BYTES - body.len();
+        let room = limit - body.len();
         body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= MAX_ANSWER_BYTES {
+        if body.len() >= limit {
             break;
         }
     }
-    classify(status, retry_after.as_deref(), &body, SystemTime::now())
+    let read = Read {
+        status,
+        retry_after: retry_after.as_deref(),
+        correlation_id: correlation_id.as_deref(),
+        body: &body,
+    };
+    classify(&read, profile, SystemTime::now())
 }
 
 fn status_class(status: u16) -> &'static str {

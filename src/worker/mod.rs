@@ -8,8 +8,10 @@
 //! | file | job |
 //! |---|---|
 //! | `mod.rs` | the steps of one delivery |
+//! | `chunked.rs` | a file larger than one request may carry, sent in chunks |
 //! | `settle.rs` | where a delivery stopped -> the job's counts and outcome; the summary |
 
+mod chunked;
 mod settle;
 
 use std::sync::Arc;
@@ -22,15 +24,16 @@ use tracing::Instrument;
 use crate::admin::Paused;
 use crate::budget::ByteBudget;
 use crate::config::StoragePayload;
-use crate::cxone::Client;
+use crate::cxone::{Client, Executed};
 use crate::encode::{self, Encoded};
 use crate::job::{self, ErrorKind, Failure, Job, Systemic};
 use crate::outcome::{Outcome, Report, Stage};
 use crate::source::Sources;
 use crate::state::JobState;
-use crate::storage::{Record, Storage, StorageError, StorageErrorKind};
+use crate::storage::{Record, Storage, StorageError, StorageErrorKind, StoreError};
 use crate::telemetry::names;
 
+use chunked::Opened;
 pub use settle::{Step, Tally, WorkerConfig};
 
 /// Bodies above this are encoded on the blocking pool: a 10 MiB file takes ~10 ms
@@ -76,6 +79,18 @@ pub struct Worker {
 
 /// A step's failure, and where it happened.
 type Stopped = (Step, Failure);
+
+/// What the storage record carries of the file.
+enum Payload<'a> {
+    /// The file was read whole: its base64 (a slice of the request body) and, for
+    /// `STORAGE_PAYLOAD=raw`, its bytes.
+    Whole { base64: Bytes, raw: Option<Bytes> },
+    /// A chunked job's: the file read again piece by piece.
+    Pieces {
+        total: u64,
+        pieces: futures_util::stream::BoxStream<'a, Result<Bytes, Failure>>,
+    },
+}
 
 fn at(step: Step) -> impl FnOnce(Failure) -> Stopped {
     move |failure| (step, failure)
@@ -137,21 +152,23 @@ impl Worker {
         sink: &dyn StageSink,
     ) -> Result<(), Stopped> {
         let (job, action) = self.parse(incoming, report).map_err(at(Step::Prepare))?;
-        let executed = report.state.executed;
-        let fetched = self
-            .sources
-            .fetch(&job.file, &self.budget)
-            .await
-            .map_err(|f| {
-                if executed {
-                    // Only the record is left to write, and it needs the file again:
-                    // say that the action did run, or `file_not_found` would mislead.
-                    f.context("the action already ran; writing its record needs the file: ")
-                } else {
-                    f
+        let fetched = if self.config.request.max_request_bytes == 0 {
+            self.sources
+                .fetch(&job.file, &self.budget)
+                .await
+                .map_err(|f| self.refetch_context(report, f))
+                .map_err(at(Step::Prepare))?
+        } else {
+            // A cap on requests: the size decides between one request and chunks.
+            match self.open_for_chunks(report, &job).await? {
+                Opened::Whole(fetched) => fetched,
+                Opened::Chunks(pieces, plan) => {
+                    return self
+                        .run_chunks(report, &job, &action, pieces, plan, sink)
+                        .await;
                 }
-            })
-            .map_err(at(Step::Prepare))?;
+            }
+        };
         let _reservation = fetched.reservation;
         let bytes = fetched.bytes;
         report.original_size = Some(bytes.len() as u64);
@@ -170,21 +187,40 @@ impl Worker {
         drop(bytes);
 
         if !report.state.executed {
-            metrics::counter!(names::ATTEMPTS).increment(1);
             let executed = self
-                .client
                 .execute(&action, &report.key, encoded.body.clone())
                 .await
                 .map_err(at(Step::Execute))?;
+            report.take_output(executed.output);
             report.state.step_done(executed.execution_id, None);
             report.reach(Stage::Executed);
             sink.reached(report, Stage::Executed);
         }
-        self.store(report, &job, &action, &encoded, raw).await?;
+        let payload = Payload::Whole {
+            base64: encoded.base64(),
+            raw,
+        };
+        self.store(report, &job, &action, payload).await?;
         if self.storage.is_some() {
             sink.reached(report, Stage::Synced);
         }
         Ok(())
+    }
+
+    /// One execute call of the current step, counted.
+    async fn execute(&self, action: &str, key: &str, body: Bytes) -> Result<Executed, Failure> {
+        metrics::counter!(names::ATTEMPTS).increment(1);
+        self.client.execute(action, key, body).await
+    }
+
+    /// A file that cannot be read again for a job whose action already ran: say so,
+    /// or `file_not_found` would mislead.
+    fn refetch_context(&self, report: &Report, failure: Failure) -> Failure {
+        if report.state.executed {
+            failure.context("the action already ran; writing its record needs the file: ")
+        } else {
+            failure
+        }
     }
 
     /// The job and the data action it runs.
@@ -220,26 +256,42 @@ impl Worker {
         report: &mut Report,
         job: &Job,
         action: &str,
-        encoded: &Encoded,
-        raw: Option<Bytes>,
+        payload: Payload<'_>,
     ) -> Result<(), Stopped> {
         let Some(storage) = &self.storage else {
             return Ok(());
         };
-        let record = Record {
-            request_id: &report.key,
-            job_id: &report.job_id,
-            execution_id: report.state.execution_id.as_deref(),
-            data_action_id: action,
-            content_type: &encoded.content_type,
-            sha256: &encoded.sha256,
-            original_size: encoded.original_size,
-            metadata: job.metadata.as_ref(),
-            base64: encoded.base64(),
-            raw,
+        let written = {
+            let (base64, raw) = match &payload {
+                Payload::Whole { base64, raw } => (base64.clone(), raw.clone()),
+                Payload::Pieces { .. } => (Bytes::new(), None),
+            };
+            let record = Record {
+                request_id: &report.key,
+                job_id: &report.job_id,
+                execution_id: report.state.execution_id.as_deref(),
+                data_action_id: action,
+                content_type: report.content_type.as_deref().unwrap_or_default(),
+                sha256: report.sha256.as_deref().unwrap_or_default(),
+                original_size: report.original_size.unwrap_or_default(),
+                metadata: job.metadata.as_ref(),
+                base64,
+                raw,
+            };
+            match payload {
+                Payload::Whole { .. } => storage.write(&record).await.map_err(StoreError::from),
+                Payload::Pieces { total, pieces } => {
+                    storage.write_streamed(&record, total, pieces).await
+                }
+            }
         };
-        if let Err(e) = storage.write(&record).await {
-            return Err((Step::Store, storage_failure(e)));
+        if let Err(e) = written {
+            return Err(match e {
+                StoreError::Storage(e) => (Step::Store, storage_failure(e)),
+                // Reading the file again for its record: as any other failure of
+                // the file, after the action ran.
+                StoreError::Source(f) => (Step::Prepare, self.refetch_context(report, f)),
+            });
         }
         report.storage_uri = Some(storage.uri(&report.job_id));
         report.reach(Stage::Synced);
@@ -248,22 +300,31 @@ impl Worker {
 
     async fn encode(&self, bytes: &Bytes, job: &Job) -> Result<Encoded, Failure> {
         let allowed = &self.config.allowed_types;
+        let format = &self.client.profile().body;
         let encoded = if bytes.len() <= INLINE_ENCODE_MAX {
             encode::encode(
                 bytes,
                 job.content_type.as_deref(),
                 allowed,
                 job.metadata.as_ref(),
+                format,
             )
         } else {
-            let (bytes, declared, allowed, metadata) = (
+            let (bytes, declared, allowed, metadata, format) = (
                 bytes.clone(),
                 job.content_type.clone(),
                 allowed.clone(),
                 job.metadata.clone(),
+                format.clone(),
             );
             tokio::task::spawn_blocking(move || {
-                encode::encode(&bytes, declared.as_deref(), &allowed, metadata.as_ref())
+                encode::encode(
+                    &bytes,
+                    declared.as_deref(),
+                    &allowed,
+                    metadata.as_ref(),
+                    &format,
+                )
             })
             .await
             .unwrap_or_else(|e| Err(Failure::retryable(format!("encoding task failed: {e}"))))

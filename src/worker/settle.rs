@@ -27,6 +27,8 @@ pub struct WorkerConfig {
     pub retry_delays: Vec<Duration>,
     /// Job bodies larger than this are refused before they are parsed.
     pub max_job_bytes: usize,
+    /// `MAX_REQUEST_BYTES` and `CHUNKING`.
+    pub request: crate::encode::chunks::Limits,
 }
 
 impl WorkerConfig {
@@ -37,6 +39,10 @@ impl WorkerConfig {
             max_attempts: s.max_attempts,
             retry_delays: s.retry_delays.clone(),
             max_job_bytes: s.max_job_bytes,
+            request: crate::encode::chunks::Limits {
+                max_request_bytes: s.api.max_request_bytes,
+                chunking: s.api.chunking,
+            },
         }
     }
 
@@ -159,6 +165,10 @@ mod tests {
             max_attempts,
             retry_delays: vec![Duration::from_secs(5), Duration::from_secs(30)],
             max_job_bytes: 1 << 20,
+            request: crate::encode::chunks::Limits {
+                max_request_bytes: 0,
+                chunking: true,
+            },
         }
     }
 

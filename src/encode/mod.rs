@@ -15,10 +15,13 @@ use sha2::{Digest, Sha256};
 
 use crate::job::{ErrorKind, Failure};
 
+pub mod body;
+pub mod chunks;
+
+pub use body::{BodyFormat, ChunkFields, Shape};
+
 /// Bytes of no known type.
 pub const OCTET_STREAM: &str = "application/octet-stream";
-
-const BODY_PREFIX: &[u8] = br#"{"inputs":{"binaryPayload":{"value":""#;
 
 /// A file made ready for the API.
 #[derive(Debug, Clone)]
@@ -43,15 +46,18 @@ impl Encoded {
     }
 }
 
-/// Sniffs, checks and encodes `bytes`; `declared` is the job's `content_type`.
+/// Sniffs, checks and encodes `bytes` into a body of `format`; `declared` is the
+/// job's `content_type`.
 pub fn encode(
     bytes: &[u8],
     declared: Option<&str>,
     allowed: &[String],
     metadata: Option<&Map<String, Value>>,
+    format: &BodyFormat,
 ) -> Result<Encoded, Failure> {
+    format.check_metadata(metadata)?;
     let content_type = resolve_type(bytes, declared, allowed)?;
-    let (body, value) = build_body(bytes, &content_type, metadata);
+    let (body, value) = format.build(bytes, &content_type, metadata, None);
     Ok(Encoded {
         body: Bytes::from(body),
         value,
@@ -112,34 +118,14 @@ pub fn resolve_type(
     }
 }
 
-/// Builds `{"inputs":{"binaryPayload":{"value":"<base64>","contentType":"<type>"},"metadata":{…}}}`
-/// in one allocation of its exact final size, and says where the base64 sits.
+/// The v1 body (`{"inputs":{"binaryPayload":{"value":…,"contentType":…},"metadata":{…}}}`)
+/// in one allocation of its exact final size, and where the base64 sits.
 pub fn build_body(
     bytes: &[u8],
     content_type: &str,
     metadata: Option<&Map<String, Value>>,
 ) -> (Vec<u8>, Range<usize>) {
-    let mut suffix = Vec::with_capacity(64);
-    suffix.extend_from_slice(br#"","contentType":"#);
-    // Serializing a str or a map into a Vec cannot fail.
-    serde_json::to_writer(&mut suffix, content_type).expect("json string");
-    suffix.extend_from_slice(br#"},"metadata":"#);
-    match metadata {
-        Some(m) => serde_json::to_writer(&mut suffix, m).expect("json object"),
-        None => suffix.extend_from_slice(b"{}"),
-    }
-    suffix.extend_from_slice(b"}}");
-
-    let start = BODY_PREFIX.len();
-    let encoded_len = base64_simd::STANDARD.encoded_length(bytes.len());
-    let mut body = Vec::with_capacity(start + encoded_len + suffix.len());
-    body.extend_from_slice(BODY_PREFIX);
-    // SIMD base64 appended in place: into the capacity reserved above, with no
-    // zero-fill and no intermediate string.
-    base64_simd::STANDARD.encode_append(bytes, &mut body);
-    debug_assert_eq!(body.len(), start + encoded_len);
-    body.extend_from_slice(&suffix);
-    (body, start..start + encoded_len)
+    BodyFormat::default().build(bytes, content_type, metadata, None)
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -249,7 +235,7 @@ mod tests {
     fn body_matches_the_contract() {
         let mut meta = Map::new();
         meta.insert("note".into(), Value::from("naïve \"q\""));
-        let e = encode(PDF, None, &allowed(), Some(&meta)).unwrap();
+        let e = encode(PDF, None, &allowed(), Some(&meta), &BodyFormat::default()).unwrap();
         let v: Value = serde_json::from_slice(&e.body).unwrap();
         let bp = &v["inputs"]["binaryPayload"];
         assert_eq!(bp["contentType"], "application/pdf");
