@@ -25,7 +25,7 @@ pub(super) enum Opened {
     /// In one request: read whole.
     Whole(Fetched),
     /// In chunks.
-    Chunks(Pieces, Plan),
+    Chunks(Box<Pieces>, Plan),
 }
 
 impl Worker {
@@ -49,7 +49,7 @@ impl Worker {
                 chunk_size,
                 count: total.div_ceil(chunk_size),
             };
-            return Ok(Opened::Chunks(pieces, plan));
+            return Ok(Opened::Chunks(Box::new(pieces), plan));
         }
         let format = &self.client.profile().body;
         // The type is known only once the bytes are: plan for the longest it can be.
@@ -84,7 +84,7 @@ impl Worker {
                     .map_err(at(Step::Prepare))?;
                 Ok(Opened::Whole(fetched))
             }
-            Fit::Chunks(plan) => Ok(Opened::Chunks(pieces, plan)),
+            Fit::Chunks(plan) => Ok(Opened::Chunks(Box::new(pieces), plan)),
         }
     }
 
