@@ -164,7 +164,7 @@ impl Worker {
                 Opened::Whole(fetched) => fetched,
                 Opened::Chunks(pieces, plan) => {
                     return self
-                        .run_chunks(report, &job, &action, pieces, plan, sink)
+                        .run_chunks(report, &job, &action, *pieces, plan, sink)
                         .await;
                 }
             }
