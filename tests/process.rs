@@ -2,77 +2,18 @@
 //! directory, no broker at all (the job logic knows nothing of AMQP). What a delivery
 //! becomes, and the state its copies would carry.
 
+#[path = "support/inproc.rs"]
+mod inproc;
+
 use std::time::Duration;
 
-use clap::Parser;
-use cxone_worker::commands::run::worker;
-use cxone_worker::config::{RunArgs, Settings};
 use cxone_worker::job::{ErrorKind, Systemic};
 use cxone_worker::outcome::Outcome;
-use cxone_worker::sim::{SimConfig, SimHandle, spawn};
+use cxone_worker::sim::SimConfig;
 use cxone_worker::state::JobState;
-use cxone_worker::worker::{Incoming, NoStages, Worker};
+use cxone_worker::worker::NoStages;
+use inproc::setup;
 use serde_json::{Value, json};
-
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    run: RunArgs,
-}
-
-/// A worker as `run` builds it, on the simulator, reading `dir/in`, writing `dir/sync`.
-fn settings(sim: &SimHandle, dir: &std::path::Path, extra: &[&str]) -> Settings {
-    std::fs::create_dir_all(dir.join("in")).unwrap();
-    let api = sim.url();
-    let roots = format!("--file-roots={}", dir.join("in").display());
-    let storage = format!("--storage-endpoint=file://{}/sync", dir.display());
-    let mut args = vec![
-        "test",
-        "--api-url",
-        &api,
-        "--client-id=test-client",
-        "--client-secret=test-secret",
-        "--data-action-id=act",
-        &roots,
-        &storage,
-        "--max-attempts=3",
-    ];
-    args.extend(extra);
-    Cli::try_parse_from(args).unwrap().run.settings().unwrap()
-}
-
-struct Setup {
-    _sim: SimHandle,
-    dir: tempfile::TempDir,
-    worker: Worker,
-}
-
-async fn setup(sim: SimConfig, extra: &[&str]) -> Setup {
-    let sim = spawn(sim).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let worker = worker(&settings(&sim, dir.path(), extra)).unwrap();
-    Setup {
-        _sim: sim,
-        dir,
-        worker,
-    }
-}
-
-impl Setup {
-    fn file(&self, name: &str, bytes: &[u8]) -> String {
-        let path = self.dir.path().join("in").join(name);
-        std::fs::write(&path, bytes).unwrap();
-        format!("file://{}", path.display())
-    }
-
-    fn delivery(&self, job: &Value, state: JobState) -> Incoming {
-        Incoming {
-            body: serde_json::to_vec(job).unwrap(),
-            message_id: None,
-            state,
-        }
-    }
-}
 
 const PDF: &[u8] = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\nsome bytes";
 

@@ -19,6 +19,8 @@ use crate::telemetry::names;
 
 /// Pieces larger than this are hashed and encoded on the blocking pool.
 const INLINE_MAX: u64 = 256 * 1024;
+/// The bytes read to tell a file's type (its magic numbers are in the first few).
+const SNIFF_BYTES: u64 = 8 * 1024;
 
 /// How a file under a request cap is sent.
 pub(super) enum Opened {
@@ -52,15 +54,18 @@ impl Worker {
             return Ok(Opened::Chunks(Box::new(pieces), plan));
         }
         let format = &self.client.profile().body;
-        // The type is known only once the bytes are: plan for the longest it can be.
-        let widest_type = self
-            .config
-            .allowed_types
-            .iter()
-            .map(String::as_str)
-            .chain(job.content_type.as_deref())
-            .max_by_key(|t| t.len())
-            .unwrap_or_default();
+        // The type is in the body, so the body's size is known once the type is:
+        // the first bytes tell it.
+        let head = pieces
+            .read(0, total.min(SNIFF_BYTES), &self.budget)
+            .await
+            .map_err(|f| self.refetch_context(report, f))
+            .map_err(at(Step::Prepare))?;
+        // Counted once: a whole file when it is encoded, chunks when they are hashed.
+        let content_type = self
+            .resolve(&head.bytes, job, false)
+            .map_err(at(Step::Prepare))?;
+        drop(head);
         let sha = "0".repeat(64);
         let widest = ChunkFields {
             upload_id: &report.key,
@@ -73,8 +78,8 @@ impl Worker {
             file_sha256: &sha,
         };
         let metadata = job.metadata.as_ref();
-        let whole = format.overhead(widest_type, metadata, None) as u64;
-        let chunk = format.overhead(widest_type, metadata, Some(&widest)) as u64;
+        let whole = format.overhead(&content_type, metadata, None) as u64;
+        let chunk = format.overhead(&content_type, metadata, Some(&widest)) as u64;
         match chunks::fit(total, self.config.request, whole, chunk).map_err(at(Step::Prepare))? {
             Fit::Whole => {
                 let fetched = pieces
@@ -166,15 +171,7 @@ impl Worker {
                 .await
                 .map_err(|f| self.refetch_context(report, f))?;
             if index == 0 {
-                let declared = job.content_type.as_deref();
-                let typed = resolve_type(&piece.bytes, declared, &self.config.allowed_types);
-                let counter = if typed.is_ok() {
-                    &self.tally.encoded
-                } else {
-                    &self.tally.encode_failed
-                };
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                report.content_type = Some(typed?);
+                report.content_type = Some(self.resolve(&piece.bytes, job, true)?);
             }
             hasher = cpu(size, move || {
                 hasher.update(&piece.bytes);
@@ -188,6 +185,23 @@ impl Worker {
         report.sha256 = Some(sha.clone());
         report.reach(Stage::Encoded);
         Ok(sha)
+    }
+
+    /// The file's type from its first bytes; a refusal is counted in the summary's
+    /// encodings, a success when `count_success`.
+    fn resolve(&self, head: &[u8], job: &Job, count_success: bool) -> Result<String, Failure> {
+        let typed = resolve_type(
+            head,
+            job.content_type.as_deref(),
+            &self.config.allowed_types,
+        );
+        let counter = match typed {
+            Ok(_) if !count_success => return typed,
+            Ok(_) => &self.tally.encoded,
+            Err(_) => &self.tally.encode_failed,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        typed
     }
 
     /// Reads, encodes and executes chunk `index`; its execution is recorded in the
