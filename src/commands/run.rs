@@ -10,8 +10,9 @@ use crate::admin::{self, Health};
 use crate::broker::consumer::Consumer;
 use crate::broker::topology::Topology;
 use crate::budget::ByteBudget;
-use crate::config::{AuditLevel, Settings};
+use crate::config::{AuditLevel, LimitScope, Settings};
 use crate::cxone::Client;
+use crate::limits::{FleetConfig, Limits};
 use crate::source::Sources;
 use crate::storage::Storage;
 use crate::worker::{Tally, Worker, WorkerConfig};
@@ -40,8 +41,11 @@ pub async fn serve(
         shutdown.clone().cancelled_owned(),
     ));
 
+    // fleet: the limits are the tenant's, shared with every replica on the prefix.
+    let limits = Arc::new(call_limits(&settings));
     let client = Client::new(&settings.api, usize::from(settings.concurrency))
-        .context("building the HTTP client")?;
+        .context("building the HTTP client")?
+        .with_limits(limits.clone());
     let storage = settings
         .storage
         .as_ref()
@@ -77,6 +81,7 @@ pub async fn serve(
         "cxone-worker starting"
     );
     consumer.run(shutdown.clone()).await;
+    limits.stop().await; // fleet: after the last call, hand our share back
     worker.tally.log();
     shutdown.cancel();
     match admin.await {
@@ -86,4 +91,20 @@ pub async fn serve(
     }
     tracing::info!("cxone-worker stopped");
     Ok(())
+}
+
+/// `LIMIT_SCOPE`: this process's own limits, or its share of the fleet's.
+fn call_limits(settings: &Settings) -> Limits {
+    let rate = settings.api.rate_limit_per_minute;
+    let calls = settings.call_limits.concurrent_calls();
+    match settings.call_limits.scope {
+        LimitScope::Process => Limits::process(rate, calls),
+        LimitScope::Fleet => Limits::fleet(FleetConfig {
+            url: settings.broker.url.clone(),
+            prefix: settings.broker.prefix.clone(),
+            rate_limit_per_minute: rate,
+            max_concurrent_calls: calls,
+            name: crate::broker::control::worker_name(),
+        }),
+    }
 }

@@ -1,5 +1,7 @@
-//! The execute call: token, pacing, `Idempotency-Key`, and what each answer means.
+//! The execute call: its slot under the limits, token, `Idempotency-Key`, and what
+//! each answer means.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -7,10 +9,10 @@ use bytes::Bytes;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
 use super::auth::TokenCache;
-use super::pacing::Pacer;
 use super::{Answer, classify, endpoint, transport_message};
 use crate::config::ApiSettings;
 use crate::job::{ErrorKind, Failure, Systemic};
+use crate::limits::{Limits, WaitSource};
 use crate::telemetry::names;
 
 /// The most of an answer body read: enough for an `executionId` or an excerpt.
@@ -28,7 +30,8 @@ pub struct Client {
     http: reqwest::Client,
     base_url: url::Url,
     auth: TokenCache,
-    pacer: Pacer,
+    /// Rate, calls in flight and pauses: this process's own, or the fleet's.
+    limits: Arc<Limits>,
     /// Transport failures since the last HTTP answer of any status.
     transport_failures: AtomicU32,
     unreachable_after: u32,
@@ -55,10 +58,17 @@ impl Client {
             http,
             base_url: settings.base_url.clone(),
             auth,
-            pacer: Pacer::per_minute(settings.rate_limit_per_minute),
+            limits: Arc::new(Limits::process(settings.rate_limit_per_minute, 0)),
             transport_failures: AtomicU32::new(0),
             unreachable_after: settings.unreachable_after,
         })
+    }
+
+    /// Replaces the limits built from `settings` (those of this process alone) by
+    /// `limits`: the fleet's, or a process's with a limit on calls in flight.
+    pub fn with_limits(mut self, limits: Arc<Limits>) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Replaces the token cache's retry timing (tests).
@@ -78,8 +88,9 @@ impl Client {
         let mut refreshed = false;
         let mut rate_limited = 0u32;
         loop {
+            // The slot first: a token fetched before a long wait could expire in it.
+            let _permit = self.limits.acquire().await;
             let token = self.auth.token().await?;
-            self.pacer.ready().await;
             let sent = self
                 .http
                 .post(url.clone())
@@ -124,12 +135,11 @@ impl Client {
                 Answer::RateLimited(asked) => {
                     rate_limited += 1;
                     let wait = asked.max(rate_limit_floor(rate_limited));
-                    metrics::counter!(names::RATE_LIMITED).increment(1);
                     tracing::info!(
                         wait_ms = wait.as_millis() as u64,
                         "API rate limit: every call waits"
                     );
-                    self.pacer.pause_for(wait);
+                    self.limits.pause_for(wait, WaitSource::RateLimited429);
                 }
                 Answer::Unauthorized if !refreshed => {
                     refreshed = true;
