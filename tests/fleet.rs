@@ -244,3 +244,35 @@ async fn a_dead_first_node_is_passed_over_by_run_and_by_status() {
         );
     }
 }
+
+/// The fleet's own connection closed by the broker: the replica goes on working at
+/// a fallback share (never the whole limit), reconnects, and takes its share again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_fleet_link_falls_back_and_comes_back_without_stopping_the_worker() {
+    let _turn = TURN.lock().await;
+    let mut w = Worker::new(SimConfig::default(), &[("RATE_LIMIT_PER_MINUTE", "1200")]).await;
+    let mut replica = Replica::spawn(&w, "alone", &[]);
+    replica.wait_ready(Duration::from_secs(30)).await;
+    let whole = 1200.0 / (1.0 + 1.0 / 32.0);
+    let full = |s: f64| (s - whole).abs() < 1.0;
+    replica
+        .wait_metric(RATE_SHARE, full, Duration::from_secs(10))
+        .await;
+    let name = format!("cxone-worker fleet ({})", w.prefix);
+    assert!(
+        cleanup::close_connection(&name),
+        "no connection named {name}"
+    );
+    // Cut off: less than the whole limit while it reconnects and listens again.
+    replica
+        .wait_metric(RATE_SHARE, |s| s < 0.6 * whole, Duration::from_secs(5))
+        .await;
+    publish_jobs(&w, "during", 5).await;
+    let back = replica
+        .wait_metric(RATE_SHARE, full, Duration::from_secs(15))
+        .await;
+    let done = w.results(5, Duration::from_secs(20)).await;
+    assert!(done.iter().all(|r| r.routing_key == "job.succeeded"));
+    eprintln!("fleet link closed: the whole share back {back:?} after the fallback");
+    assert_eq!(replica.logs().matches("fleet link up").count(), 2);
+}

@@ -41,11 +41,11 @@ pub async fn serve(
         shutdown.clone().cancelled_owned(),
     ));
 
+    let client = Client::new(&settings.api, usize::from(settings.concurrency))
+        .context("building the HTTP client")?;
     // fleet: the limits are the tenant's, shared with every replica on the prefix.
     let limits = Arc::new(call_limits(&settings));
-    let client = Client::new(&settings.api, usize::from(settings.concurrency))
-        .context("building the HTTP client")?
-        .with_limits(limits.clone());
+    let client = client.with_limits(limits.clone());
     let storage = settings
         .storage
         .as_ref()

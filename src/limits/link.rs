@@ -125,6 +125,7 @@ impl Link {
             .with_jitter()
             .without_max_times();
         let mut delays = backoff.build();
+        self.apply_tick();
         loop {
             let opened = tokio::select! {
                 opened = tokio::time::timeout(OPEN_DEADLINE, self.open()) => opened,
@@ -141,7 +142,13 @@ impl Link {
                             tracing::warn!(error = %why, "fleet link lost; reconnecting")
                         }
                     }
-                    crate::broker::close(&session.connection, "fleet link lost").await;
+                    // The fallback applies before anything else may take time.
+                    self.core.lost();
+                    self.apply_tick();
+                    tokio::select! {
+                        () = crate::broker::close(&session.connection, "fleet link lost") => {}
+                        () = stop.cancelled() => return,
+                    }
                 }
                 Ok(Err(e)) => tracing::warn!(error = %chain(&e), "cannot open the fleet link"),
                 Err(_) => {
@@ -228,9 +235,7 @@ impl Link {
             let step = tokio::select! {
                 () = stop.cancelled() => return End::Stop,
                 _ = ticks.tick() => self.step(&session.channel).await,
-                () = async { released.as_ref().expect("guarded").released.notified().await }, if released.is_some() => {
-                    self.step(&session.channel).await
-                }
+                () = returned(released.as_deref()) => self.step(&session.channel).await,
                 delivery = session.notes.next() => match delivery {
                     Some(Ok(d)) => {
                         self.hear(d.properties.kind().as_ref().map(|k| k.as_str()), &d.data);
@@ -352,6 +357,14 @@ impl Link {
         )
         .await;
         tracing::info!("left the fleet");
+    }
+}
+
+/// A slot given back while more were held than the share: our claim may go down.
+async fn returned(slots: Option<&super::slots::Slots>) {
+    match slots {
+        Some(slots) => slots.released.notified().await,
+        None => std::future::pending().await,
     }
 }
 

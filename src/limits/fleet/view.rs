@@ -69,11 +69,15 @@ impl Core {
             rate: trail
                 .max(rate_used.ceil() as u32)
                 .max(if claiming { rate_share } else { 0 }),
-            calls: held.max(calls_used.unwrap_or(0)).max(if claiming {
-                calls_share.unwrap_or(0)
-            } else {
-                0
-            }),
+            // Without a limit there is nothing to claim (and calls in flight, which
+            // change with every call, would make every tick announce).
+            calls: match calls_share {
+                Some(mine) => {
+                    held.max(calls_used.unwrap_or(0))
+                        .max(if claiming { mine } else { 0 })
+                }
+                None => 0,
+            },
         };
         self.rate.lower_to(self.claim.rate);
         self.calls.lower_to(self.claim.calls);
