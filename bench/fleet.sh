@@ -12,7 +12,8 @@
 # Knobs (environment): N (executions the API allows per window, default 120),
 # WINDOW_MS (the window, default 6000), JOBS (per run, default 300),
 # MAX_CONCURRENT_CALLS (default 4), SIM_LATENCY_MS (each call's latency, default 100),
-# REPLICAS (default "1 2 3").
+# REPLICAS (default "1 2 3"), LIMIT_SCOPE (default fleet; `process` shows v1, where
+# every replica uses the whole limit).
 #
 # Each replica count is run twice, each time with a fresh simulator and prefix:
 # once against the API's limit of N per window (calls, 429s, achieved, in flight),
@@ -25,7 +26,7 @@ cargo build --release --quiet --bin cxone-worker
 export BENCH_BIN=${CARGO_TARGET_DIR:-target}/release/cxone-worker
 export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 exec python3 - <<'PY'
-import json, os, re, signal, subprocess, sys, tempfile, time, urllib.request
+import atexit, json, os, re, shutil, signal, subprocess, sys, tempfile, time, urllib.request
 import pika
 
 BIN = os.environ["BENCH_BIN"]
@@ -36,8 +37,10 @@ JOBS = int(os.environ.get("JOBS", "300"))
 CALLS = int(os.environ.get("MAX_CONCURRENT_CALLS", "4"))
 LATENCY = os.environ.get("SIM_LATENCY_MS", "100")
 REPLICAS = [int(r) for r in os.environ.get("REPLICAS", "1 2 3").split()]
+SCOPE = os.environ.get("LIMIT_SCOPE", "fleet")
 RATE = N * 60000 // WINDOW_MS  # RATE_LIMIT_PER_MINUTE of every replica
 work = tempfile.mkdtemp(prefix="bench-fleet-")
+atexit.register(shutil.rmtree, work, ignore_errors=True)
 os.makedirs(f"{work}/in")
 for i in range(JOBS):
     with open(f"{work}/in/f{i:05d}.pdf", "wb") as f:
@@ -47,6 +50,13 @@ for i in range(JOBS):
 def get(url):
     with urllib.request.urlopen(url, timeout=5) as r:
         return r.read().decode()
+
+
+def ready(admin):
+    try:
+        return urllib.request.urlopen(f"http://{admin}/readyz", timeout=5).status == 200
+    except OSError:
+        return False
 
 
 def wait(what, ok, within=60.0):
@@ -101,7 +111,7 @@ def run(replicas, window_ms, limit):
                CXONE_CLIENT_ID="bench", CXONE_CLIENT_SECRET="bench-secret",
                CXONE_DATA_ACTION_ID="bench", FILE_ROOTS=f"{work}/in", RETRY_DELAYS="1s",
                RATE_LIMIT_PER_MINUTE=str(RATE), MAX_CONCURRENT_CALLS=str(CALLS),
-               LIMIT_SCOPE="fleet", WORKER_CONCURRENCY="16", ADMIN_ADDR="127.0.0.1:0",
+               LIMIT_SCOPE=SCOPE, WORKER_CONCURRENCY="16", ADMIN_ADDR="127.0.0.1:0",
                SHUTDOWN_GRACE="5s", RUST_LOG="warn,cxone_worker::commands::run=info",
                PATH=os.environ["PATH"])
     workers, logs = [], []
@@ -112,8 +122,10 @@ def run(replicas, window_ms, limit):
                                             stderr=subprocess.STDOUT))
         admins = [wait("a replica's start", lambda l=l: admin_of(l)) for l in logs]
         for admin in admins:
-            wait("every replica hearing the others", lambda a=admin: re.search(
-                rf"^cxone_fleet_members {replicas}$", get(f"http://{a}/metrics"), re.M))
+            wait("every replica consuming", lambda a=admin: ready(a))
+            if SCOPE == "fleet":
+                wait("every replica hearing the others", lambda a=admin: re.search(
+                    rf"^cxone_fleet_members {replicas}$", get(f"http://{a}/metrics"), re.M))
         subprocess.run([BIN, "enqueue", f"{work}/in", "--queue-prefix", prefix],
                        env=env, check=True, stdout=subprocess.DEVNULL)
         stats = lambda: json.loads(get(f"{url}/__stats"))
@@ -131,7 +143,7 @@ def run(replicas, window_ms, limit):
 
 
 print(f"bench/fleet.sh: the API allows N={N} executions per {WINDOW_MS / 1000:g} s window "
-      f"({'real minutes' if WINDOW_MS == 60000 else 'a scaled minute'}), every replica "
+      f"({'real minutes' if WINDOW_MS == 60000 else 'a scaled minute'}), LIMIT_SCOPE={SCOPE}, every replica "
       f"RATE_LIMIT_PER_MINUTE={RATE}, MAX_CONCURRENT_CALLS={CALLS}, {JOBS} jobs, "
       f"{LATENCY} ms a call\n")
 print(f"{'replicas':>8}  {'calls':>6}  {'429s':>5}  {'achieved per window':>20}  "

@@ -9,9 +9,9 @@
 //! # Finding each other
 //! Each member binds an exclusive queue of its own to the `P.control` fanout exchange
 //! and publishes a `fleet.heartbeat` there every second, and at once when it sees a
-//! new member (so the newcomer hears everyone quickly) or when a claim of its own
-//! goes down. The heartbeat carries no `reply_to` (`status` pings do, and every worker
-//! answers those); members ignore every other message type. A member is identified
+//! new member (so the newcomer hears everyone quickly) or when its claim changes.
+//! The heartbeat carries no `reply_to` (`status` pings do, and every worker answers
+//! those); members ignore every other message type. A member is identified
 //! by a random id drawn at start; the fleet is the set of ids heard in the last
 //! [`SILENT_AFTER`] (3 s, three heartbeats), sorted: the first is the *leader*.
 //!
@@ -27,10 +27,11 @@
 //! `L / 60` keep every second of the fleet within it (`share.rs` proves it), each unit
 //! paced 1/32 slower for the few milliseconds between a call's decision and its
 //! arrival. Rate units and concurrent calls are dealt the same way: `total / members`
-//! each, and the remainder to the first members. With fewer units than members
-//! (`MAX_CONCURRENT_CALLS=2` over 3 replicas) some would get nothing for good: then
-//! the leader moves the row of those served on by one every [`TURN`] (5 s), so each
-//! member gets its call in turn and no work waits for ever.
+//! each, and the remainder to some members, the same ones while membership stays.
+//! With fewer units than members (`MAX_CONCURRENT_CALLS=2` over 3 replicas) some
+//! would get nothing for good: then the leader moves the row of those served on by
+//! one every [`TURN`] (5 s), so each member gets its call in turn and no work waits
+//! for ever.
 //!
 //! # Claims: shrink at once, grow only when the others have made room
 //! A member's *claim* is what it may use until its next heartbeat: its share, or
@@ -50,7 +51,8 @@
 //! At shutdown a member sends `fleet.leave` once its calls are over; its rate claim
 //! then lasts one more window. A member that stops sending (SIGKILL, a lost host)
 //! leaves the fleet after [`SILENT_AFTER`]: the others' shares grow a grow delay
-//! later, 4 to 5 s after the death.
+//! later, about 4 s after the death (2 to 3 s of silence after its last heartbeat,
+//! then the grow delay).
 //!
 //! # Pauses
 //! A 429 (or a spent `inin-ratelimit`) seen by one member pauses its own calls and
@@ -60,8 +62,10 @@
 //!
 //! # When control messages are lost or late
 //! A lost heartbeat costs throughput only: a claim unheard is a claim still counted,
-//! and a growth unheard is a growth not taken. A member watches the echo of its own
-//! heartbeats (the fanout delivers them to it too): when one has not come back in
+//! and a growth unheard is a growth not taken. Notes expire after three seconds
+//! (message and queue TTL), so a backlog never delivers stale claims. A member
+//! watches the echo of its own heartbeats (the fanout delivers them to it too):
+//! when one has not come back in
 //! [`ECHO_LATE`], or its control connection is lost, it is *cut off* and falls back
 //! to `total / (members + 1)` (at least one call in flight), never the whole limit,
 //! until it has heard the fleet again for a join wait. The others count it, with its
