@@ -9,7 +9,8 @@
 //! | [`job`] | the job message, its idempotency key, error kinds and failure decisions |
 //! | [`source`] | a file reference -> bytes (`file://` inside `FILE_ROOTS`, …) |
 //! | [`encode`] | sniff, validate, base64: bytes in, request body out |
-//! | [`cxone`] | the API: shared token, pacing, execute and the meaning of each answer |
+//! | [`limits`] | the tenant's API limits: pacing, calls in flight, pauses, shared by the fleet |
+//! | [`cxone`] | the API: shared token, execute and the meaning of each answer |
 //! | [`budget`] | the byte budget: how much file content jobs hold at once |
 //! | [`state`] | what a job carries between deliveries, trusted only when signed for it |
 //! | [`storage`] | the external storage record of a succeeded job |
@@ -32,6 +33,7 @@ pub mod config;
 pub mod cxone;
 pub mod encode;
 pub mod job;
+pub mod limits;
 pub mod ops;
 pub mod outcome;
 pub mod shutdown;

@@ -15,6 +15,8 @@ pub mod publisher;
 mod session;
 pub mod topology;
 
+use crate::config::AmqpUrl;
+
 /// How long closing a connection may wait for the broker's answer. Past it the
 /// socket is dropped anyway, with the same effect: the broker puts back whatever
 /// the connection held unacknowledged. (Seen here: under load, lapin's close now
@@ -26,8 +28,45 @@ pub async fn close(connection: &lapin::Connection, reason: &str) {
     let _ = tokio::time::timeout(CLOSE_DEADLINE, connection.close(200, reason.into())).await;
 }
 
-/// Opens a connection with a name operators recognize in the management UI.
-pub async fn connect(url: &crate::config::AmqpUrl, name: &str) -> lapin::Result<lapin::Connection> {
+/// How long one node of a cluster list may take to accept a connection before the
+/// next one is tried. A single URL has no such limit here: its callers bound the
+/// whole attempt themselves.
+pub const NODE_CONNECT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens a connection with a name operators recognize in the management UI, trying
+/// the nodes of `url` in turn (see [`AmqpUrl::rotation`]): the first that accepts
+/// wins; when none does, the last node's error is returned.
+pub async fn connect(url: &AmqpUrl, name: &str) -> lapin::Result<lapin::Connection> {
     let properties = lapin::ConnectionProperties::default().with_connection_name(name.into());
-    lapin::Connection::connect(url.expose(), properties).await
+    let mut last_error = None;
+    for (index, node) in url.rotation() {
+        let attempt = lapin::Connection::connect(node.expose(), properties.clone());
+        let outcome = if url.len() == 1 {
+            attempt.await
+        } else {
+            tokio::time::timeout(NODE_CONNECT_DEADLINE, attempt)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {NODE_CONNECT_DEADLINE:?}"),
+                    )
+                    .into())
+                })
+        };
+        match outcome {
+            Ok(connection) => {
+                url.connected(index);
+                return Ok(connection);
+            }
+            Err(e) => {
+                url.failed(index);
+                if url.len() > 1 {
+                    tracing::warn!(broker = node.redacted(), error = %crate::telemetry::chain(&e), "cannot connect to this broker node");
+                }
+                last_error = Some(e);
+            }
+        }
+    }
+    Err(last_error.expect("an AmqpUrl names at least one node"))
 }

@@ -10,8 +10,9 @@ use crate::admin::{self, Health};
 use crate::broker::consumer::Consumer;
 use crate::broker::topology::Topology;
 use crate::budget::ByteBudget;
-use crate::config::{AuditLevel, Settings};
+use crate::config::{AuditLevel, LimitScope, Settings};
 use crate::cxone::Client;
+use crate::limits::{FleetConfig, Limits};
 use crate::source::Sources;
 use crate::state::StateKey;
 use crate::storage::Storage;
@@ -24,9 +25,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
 /// The job logic with everything it needs, as `settings` say (tests build one to
 /// call `Worker::process` without a broker).
-pub fn worker(settings: &Settings) -> anyhow::Result<Worker> {
+/// `limits`: the call limits `run` shares with its fleet; `None`, this process's own.
+pub fn worker(settings: &Settings, limits: Option<Arc<Limits>>) -> anyhow::Result<Worker> {
     let client = Client::new(&settings.api, usize::from(settings.concurrency))
         .context("building the HTTP client")?;
+    let client = match limits {
+        Some(limits) => client.with_limits(limits),
+        None => client,
+    };
     let storage = settings
         .storage
         .as_ref()
@@ -65,7 +71,9 @@ pub async fn serve(
         shutdown.clone().cancelled_owned(),
     ));
 
-    let worker = Arc::new(worker(&settings)?);
+    // fleet: the limits are the tenant's, shared with every replica on the prefix.
+    let limits = Arc::new(call_limits(&settings));
+    let worker = Arc::new(worker(&settings, Some(limits.clone()))?);
     let state_key = StateKey::derive(&settings.api.client_secret, &settings.broker.prefix);
     let consumer = Arc::new(Consumer {
         worker: worker.clone(),
@@ -93,6 +101,7 @@ pub async fn serve(
         "cxone-worker starting"
     );
     let ended = consumer.run(shutdown.clone()).await;
+    limits.stop().await; // fleet: after the last call, hand our share back
     worker.tally.log(worker.client.calls_sent());
     shutdown.cancel();
     match admin.await {
@@ -109,5 +118,21 @@ pub async fn serve(
             tracing::error!(error = %fatal, "cxone-worker stopped: the broker refuses what only an operator can fix");
             Err(fatal.into())
         }
+    }
+}
+
+/// `LIMIT_SCOPE`: this process's own limits, or its share of the fleet's.
+fn call_limits(settings: &Settings) -> Limits {
+    let rate = settings.api.rate_limit_per_minute;
+    let calls = settings.call_limits.concurrent_calls(settings.api.profile);
+    match settings.call_limits.scope {
+        LimitScope::Process => Limits::process(rate, calls),
+        LimitScope::Fleet => Limits::fleet(FleetConfig {
+            url: settings.broker.url.clone(),
+            prefix: settings.broker.prefix.clone(),
+            rate_limit_per_minute: rate,
+            max_concurrent_calls: calls,
+            name: crate::broker::control::worker_name(),
+        }),
     }
 }

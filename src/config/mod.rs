@@ -7,6 +7,7 @@
 
 mod api;
 mod files;
+mod limits;
 mod storage;
 mod value;
 
@@ -18,6 +19,7 @@ use clap::Args;
 
 pub use api::{AccessKey, ApiArgs, ApiSettings, BodyArgs, BodyFields, ProfileName};
 pub use files::{AllowedHost, AllowedPort, FileArgs, FileSettings, LimitArgs, Limits};
+pub use limits::{CallLimitArgs, CallLimitSettings, LimitScope};
 pub use storage::{StorageArgs, StoragePayload, StorageSettings};
 pub use value::{AmqpUrl, Secret, format_duration, parse_duration, redact_url, split_list};
 
@@ -107,7 +109,8 @@ fn choice<T: Copy>(
 /// Where the broker is and which names this worker's topology uses.
 #[derive(Args, Debug, Clone)]
 pub struct BrokerArgs {
-    /// Broker URL; amqps:// for TLS. The password never appears in logs.
+    /// Broker URL, or the nodes of a cluster as a comma list (tried in turn); amqps:// for
+    /// TLS. Passwords never appear in logs.
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_default_value = true, hide_env_values = true)]
     pub amqp_url: String,
     /// Prefix of every exchange and queue name.
@@ -159,6 +162,8 @@ pub struct RunArgs {
     pub api: ApiArgs,
     #[command(flatten)]
     pub files: FileArgs,
+    #[command(flatten)]
+    pub call_limits: CallLimitArgs,
     /// Jobs in flight at once; also the consumer prefetch.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value = "16")]
     pub concurrency: String,
@@ -196,6 +201,7 @@ pub struct Settings {
     pub broker: BrokerSettings,
     pub api: ApiSettings,
     pub files: FileSettings,
+    pub call_limits: CallLimitSettings,
     pub concurrency: u16,
     pub max_inflight_bytes: u64,
     pub max_job_bytes: usize,
@@ -213,6 +219,7 @@ impl RunArgs {
         let broker = self.broker.settings()?;
         let api = self.api.settings()?;
         let files = self.files.settings()?;
+        let call_limits = self.call_limits.settings()?;
         let concurrency = number_in("WORKER_CONCURRENCY", &self.concurrency, "16", 1, 1000)?;
         let max_inflight_bytes = match given(&self.max_inflight_bytes) {
             None => files.max_payload_bytes.saturating_mul(4),
@@ -240,6 +247,7 @@ impl RunArgs {
             broker,
             api,
             files,
+            call_limits,
             concurrency,
             max_inflight_bytes,
             max_job_bytes: number_in(

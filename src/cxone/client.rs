@@ -1,6 +1,7 @@
-//! The execute call: pacing, token, `Idempotency-Key`, and what each answer means,
-//! in the shapes of the API profile.
+//! The execute call: its slot under the limits, token, `Idempotency-Key`, and what
+//! each answer means, in the shapes of the API profile.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -9,13 +10,13 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
 use super::auth::{Token, TokenCache};
 use super::grant::TokenRequest;
-use super::pacing::Pacer;
 use super::profile::{ApiBase, Profile};
 use super::{
     Answer, MAX_OUTPUT_BYTES, Output, Read, classify, spent_rate_limit, transport_message,
 };
 use crate::config::ApiSettings;
 use crate::job::{ErrorKind, Failure, Systemic};
+use crate::limits::{Limits, WaitSource};
 use crate::telemetry::names;
 
 /// The response header that names a Genesys execution.
@@ -38,8 +39,8 @@ pub struct Client {
     profile: Profile,
     /// The one token of the process.
     auth: TokenCache,
-    /// `RATE_LIMIT_PER_MINUTE`, and the pause a 429 sets for every call.
-    pacer: Pacer,
+    /// Rate, calls in flight and pauses: this process's own, or the fleet's.
+    limits: Arc<Limits>,
     /// Transport failures since the last HTTP answer of any status.
     transport_failures: AtomicU32,
     /// Execute requests sent: the shutdown summary's "total executions".
@@ -67,11 +68,18 @@ impl Client {
             http,
             profile,
             auth,
-            pacer: Pacer::per_minute(settings.rate_limit_per_minute),
+            limits: Arc::new(Limits::process(settings.rate_limit_per_minute, 0)),
             transport_failures: AtomicU32::new(0),
             calls_sent: AtomicU64::new(0),
             unreachable_after: settings.unreachable_after,
         })
+    }
+
+    /// Replaces the limits built from `settings` (those of this process alone) by
+    /// `limits`: the fleet's, or a process's with a limit on calls in flight.
+    pub fn with_limits(mut self, limits: Arc<Limits>) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Replaces the token cache's retry timing (tests).
@@ -94,15 +102,15 @@ impl Client {
         let mut rate_limited = 0u32;
         loop {
             // The slot first, then the token: a token taken before a long wait (the
-            // pace, a 429's pause) may expire during it.
-            self.pacer.ready().await;
+            // pace, a 429's pause) may expire during it. The slot is held until the
+            // answer is read.
+            let _permit = self.limits.acquire().await;
             let token = self.auth.token().await?;
             let (answer, spent) = self.send(&token, action, &key, body.clone()).await?;
             if let Some(wait) = spent {
                 // The API's own count says the window is spent: nobody calls before
                 // it resets, this answer whatever it was.
-                metrics::counter!(names::RATE_LIMITED, "source" => "inin_ratelimit").increment(1);
-                self.pacer.pause_for(wait);
+                self.limits.pause_for(wait, WaitSource::IninRateLimit);
             }
             match answer {
                 Answer::Success {
@@ -120,12 +128,11 @@ impl Client {
                 Answer::RateLimited(asked) => {
                     rate_limited += 1;
                     let wait = asked.max(rate_limit_floor(rate_limited));
-                    metrics::counter!(names::RATE_LIMITED, "source" => "429").increment(1);
                     tracing::info!(
                         wait_ms = wait.as_millis() as u64,
                         "API rate limit: every call waits"
                     );
-                    self.pacer.pause_for(wait);
+                    self.limits.pause_for(wait, WaitSource::RateLimited429);
                 }
                 Answer::Unauthorized if !refreshed => {
                     refreshed = true;

@@ -1,10 +1,9 @@
-//! The CXone API: the shared token ([`auth`]), pacing ([`pacing`]) and the execute
-//! call with one classification of every answer ([`client`]).
+//! The CXone API: the shared token ([`auth`]) and the execute call with one
+//! classification of every answer ([`client`]); its limits are [`crate::limits`].
 
 pub mod auth;
 pub mod client;
 mod grant;
-pub mod pacing;
 pub mod profile;
 
 use std::time::{Duration, SystemTime};

@@ -65,7 +65,7 @@ pub async fn setup_with(
 
 fn with_api(sim: SimHandle, api: Vec<String>, extra: &[&str]) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let worker = worker(&settings(dir.path(), &api, extra)).unwrap();
+    let worker = worker(&settings(dir.path(), &api, extra), None).unwrap();
     Setup { sim, dir, worker }
 }
 
