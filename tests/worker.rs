@@ -1,6 +1,8 @@
 //! `cxone-worker run` end to end: the real binary against a real RabbitMQ and the
 //! simulator, one random queue prefix per test.
 
+#[path = "worker/chunks.rs"]
+mod chunks;
 #[path = "support/cleanup.rs"]
 mod cleanup;
 #[path = "worker/harness.rs"]

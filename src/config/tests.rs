@@ -79,6 +79,46 @@ fn defaults_follow_the_contract() {
 }
 
 #[test]
+fn profiles_bring_their_defaults() {
+    let genesys = parse(&["--api-profile=genesys"]).unwrap();
+    assert_eq!(genesys.api.profile, ProfileName::Genesys);
+    assert_eq!(genesys.api.max_request_bytes, 512_000);
+    assert_eq!(
+        genesys.call_limits.concurrent_calls(genesys.api.profile),
+        15
+    );
+    let seed = parse(&[]).unwrap();
+    assert_eq!(
+        (
+            seed.api.max_request_bytes,
+            seed.call_limits.concurrent_calls(seed.api.profile)
+        ),
+        (0, 0)
+    );
+    let set = parse(&["--api-profile=genesys", "--max-request-bytes=0"]).unwrap();
+    assert_eq!(set.api.max_request_bytes, 0, "an explicit 0 wins: no cap");
+    // cxone finds the API from the issuer: no CXONE_API_URL needed.
+    let args = [
+        "test",
+        "--client-id=id",
+        "--client-secret=s",
+        "--api-profile=cxone",
+        "--access-key-id=AK",
+        "--access-key-secret=ak",
+    ];
+    let cxone = Cli::try_parse_from(args).unwrap().run.settings().unwrap();
+    assert!(cxone.api.base_url.is_none());
+    assert_eq!(
+        cxone.api.issuer.as_str(),
+        "https://cxone.niceincontact.com/"
+    );
+    assert!(
+        !format!("{:?}", cxone.api).contains("ak\""),
+        "the access key secret is hidden"
+    );
+}
+
+#[test]
 fn each_bad_value_names_its_variable() {
     let cases: &[(&[&str], &str)] = &[
         (
@@ -121,6 +161,33 @@ fn each_bad_value_names_its_variable() {
             "STORAGE_PAYLOAD: ",
         ),
         (&["--request-timeout=1"], "CXONE_REQUEST_TIMEOUT: "),
+        (&["--api-profile=avaya"], "API_PROFILE: "),
+        (
+            &["--api-profile=cxone"],
+            "CXONE_ACCESS_KEY_ID: is required with API_PROFILE=cxone",
+        ),
+        (
+            &["--api-profile=cxone", "--access-key-id=AK"],
+            "CXONE_ACCESS_KEY_SECRET: is required",
+        ),
+        (
+            &["--access-key-id=AK", "--access-key-secret=s"],
+            "CXONE_ACCESS_KEY_ID: is only used with API_PROFILE=cxone",
+        ),
+        (
+            &["--payload-field=a.b"],
+            "PAYLOAD_FIELD: \"a.b\" is not a plain field name",
+        ),
+        (&["--payload-field=1x"], "PAYLOAD_FIELD: "),
+        (&["--content-type-field=chunkSize"], "CONTENT_TYPE_FIELD: "),
+        (
+            &["--content-type-field=binaryPayload"],
+            "CONTENT_TYPE_FIELD: \"binaryPayload\" is also PAYLOAD_FIELD",
+        ),
+        (&["--max-request-bytes=lots"], "MAX_REQUEST_BYTES: "),
+        (&["--chunking=maybe"], "CHUNKING: "),
+        (&["--token-url=ftp://x"], "CXONE_TOKEN_URL: "),
+        (&["--max-job-bytes=10"], "MAX_JOB_BYTES: "),
         (
             &[
                 "--storage-endpoint=s3://bucket",
