@@ -92,6 +92,19 @@ impl Health {
     }
 }
 
+/// Buckets of the duration histograms: a 10 KB job takes milliseconds, a chunked
+/// 100 MB one minutes.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// The standard `process_*` series (CPU, memory, file descriptors, start time),
+/// read at each scrape.
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
 /// Installs the Prometheus recorder for this process (once; later calls reuse it).
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
@@ -100,16 +113,22 @@ pub fn metrics_handle() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     metrics_exporter_prometheus::Matcher::Full(names::EXECUTE_DURATION.to_owned()),
-                    &[
-                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                    ],
+                    SECONDS_BUCKETS,
+                )
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(names::JOB_DURATION.to_owned()),
+                    SECONDS_BUCKETS,
                 )
                 .expect("bucket list is not empty")
                 .build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder is installed (a test harness): then
             // this handle renders nothing, which the caller can live with.
-            let _ = metrics::set_global_recorder(recorder);
+            if metrics::set_global_recorder(recorder).is_ok() {
+                crate::telemetry::register_metrics();
+                process_collector().describe();
+            }
             handle
         })
         .clone()
@@ -158,6 +177,7 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {
 async fn render_metrics(
     State(state): State<AdminState>,
 ) -> ([(&'static str, &'static str); 1], String) {
+    process_collector().collect();
     (
         [("content-type", "text/plain; version=0.0.4")],
         state.metrics.render(),

@@ -75,6 +75,8 @@ pub struct Record<'a> {
     pub sha256: &'a str,
     pub original_size: u64,
     pub metadata: Option<&'a Map<String, Value>>,
+    /// The job's file reference as outputs show it.
+    pub file: Option<&'a str>,
     /// The base64 text (a slice of the request body).
     pub base64: Bytes,
     /// The raw bytes, for `STORAGE_PAYLOAD=raw`.
@@ -90,6 +92,7 @@ struct Head<'a> {
     content_type: &'a str,
     sha256: &'a str,
     original_size: u64,
+    file: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -243,6 +246,7 @@ impl Storage {
             content_type: r.content_type,
             sha256: r.sha256,
             original_size: r.original_size,
+            file: r.file,
         };
         let tail = Tail {
             metadata: r.metadata,
@@ -443,6 +447,7 @@ mod tests {
             sha256: "ab",
             original_size: 3,
             metadata: None,
+            file: None,
             base64: Bytes::from_static(base64),
             raw: Some(Bytes::from_static(b"abc")),
         }
@@ -476,6 +481,7 @@ mod tests {
             "content_type",
             "sha256",
             "original_size",
+            "file",
             "encoded_data",
             "metadata",
             "synced_at",

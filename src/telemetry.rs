@@ -200,6 +200,75 @@ pub mod names {
     ];
 }
 
+/// Every label value each labelled metric takes, so that each series exists (at 0)
+/// from the start: a rate over a series that appears with its first event reads
+/// as nothing, and an alert on it cannot fire.
+fn label_values(name: &str) -> Option<(&'static str, Vec<&'static str>)> {
+    use crate::job::{ErrorKind, Systemic};
+    let systemic = || Systemic::ALL.iter().map(|s| s.as_str());
+    Some(match name {
+        names::JOBS => ("outcome", vec!["succeeded", "failed"]),
+        names::JOBS_FAILED => (
+            "error_kind",
+            ErrorKind::ALL.iter().map(|k| k.as_str()).collect(),
+        ),
+        names::HANDED_BACK => ("reason", systemic().collect()),
+        names::JOB_DURATION => (
+            "outcome",
+            vec!["succeeded", "failed", "retried", "handed_back"],
+        ),
+        names::EXECUTE_CALLS => (
+            "answer",
+            vec!["2xx", "401", "403", "429", "4xx", "5xx", "transport_error"],
+        ),
+        names::RATE_LIMITED => ("source", vec!["429", "inin_ratelimit", "fleet"]),
+        names::TOKEN_REQUESTS => ("result", vec!["ok", "refused", "failed"]),
+        names::PAUSED => (
+            "reason",
+            std::iter::once("starting").chain(systemic()).collect(),
+        ),
+        names::STORAGE_WRITES => ("result", vec!["ok", "error"]),
+        names::QUEUE_MESSAGES | names::QUEUE_CONSUMERS => {
+            ("queue", vec!["jobs", "dlq", "results", "audit", "retry"])
+        }
+        names::BUILD_INFO => ("version", vec![env!("CARGO_PKG_VERSION")]),
+        _ => return None,
+    })
+}
+
+/// Describes every metric (`# HELP`) and creates each of its series at 0, on the
+/// recorder just installed; `cxone_build_info` is 1.
+pub fn register_metrics() {
+    for &(name, kind, help) in names::ALL {
+        let series: Vec<Vec<(&'static str, &'static str)>> = match label_values(name) {
+            Some((label, values)) => values.into_iter().map(|v| vec![(label, v)]).collect(),
+            None => vec![vec![]],
+        };
+        for labels in series {
+            let labels: Vec<metrics::Label> = labels
+                .into_iter()
+                .map(|(k, v)| metrics::Label::new(k, v))
+                .collect();
+            match kind {
+                names::Kind::Counter => {
+                    metrics::describe_counter!(name, help);
+                    metrics::counter!(name, labels).increment(0);
+                }
+                names::Kind::Gauge => {
+                    metrics::describe_gauge!(name, help);
+                    let value = if name == names::BUILD_INFO { 1.0 } else { 0.0 };
+                    metrics::gauge!(name, labels).set(value);
+                }
+                names::Kind::Histogram => {
+                    metrics::describe_histogram!(name, metrics::Unit::Seconds, help);
+                    // Registered without a sample: its buckets render at 0.
+                    let _ = metrics::histogram!(name, labels);
+                }
+            }
+        }
+    }
+}
+
 /// Flushes traces when dropped; hold it until the program ends.
 pub struct Telemetry {
     tracer: Option<SdkTracerProvider>,

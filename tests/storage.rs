@@ -101,6 +101,7 @@ fn record() -> Record<'static> {
         sha256: "ab",
         original_size: PDF.len() as u64,
         metadata: None,
+        file: None,
         base64: Bytes::from(BASE64_STANDARD.encode(PDF)),
         raw: Some(Bytes::from_static(PDF)),
     }

@@ -391,6 +391,36 @@ async fn concurrency_is_bounded_and_used() {
 async fn metrics_count_jobs_by_outcome() {
     let mut w = Worker::new(SimConfig::default(), &[]).await;
     w.start().await;
+    // Before any job: every metric described, every series there at 0.
+    let fresh = w.metrics().await;
+    for (name, _, _) in cxone_worker::telemetry::names::ALL {
+        assert!(
+            fresh.contains(&format!("# HELP {name} ")),
+            "no HELP for {name}:\n{fresh}"
+        );
+    }
+    for needle in [
+        r#"cxone_jobs_total{outcome="succeeded"} 0"#,
+        r#"cxone_jobs_failed_total{error_kind="exhausted"} 0"#,
+        r#"cxone_paused{reason="credentials_refused"} 0"#,
+        r#"cxone_execute_calls_total{answer="429"} 0"#,
+        r#"cxone_job_duration_seconds_count{outcome="retried"} 0"#,
+        "cxone_job_retries_total 0",
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+    ] {
+        assert!(
+            fresh.contains(needle),
+            "{needle} missing at start:\n{fresh}"
+        );
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(fresh.contains(&format!(r#"cxone_build_info{{version="{version}"}} 1"#)));
+    assert!(
+        !fresh.contains(r#"error_kind="""#),
+        "no empty error_kind label"
+    );
     w.publish(&job("m-ok", &w.file("ok.pdf", &pdf(10)))).await;
     w.publish(&job("m-missing", "file:///nowhere/at/all.pdf"))
         .await;
@@ -403,11 +433,26 @@ async fn metrics_count_jobs_by_outcome() {
         "cxone_execute_duration_seconds_bucket",
         r#"cxone_token_requests_total{result="ok"} 1"#,
         "cxone_bytes_encoded_total",
+        r#"cxone_job_duration_seconds_count{outcome="succeeded"} 1"#,
     ] {
         assert!(
             text.contains(needle),
             "{needle} missing from /metrics:\n{text}"
         );
+    }
+    // The worker reads its queues' depths; the jobs queue has its one consumer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !w
+        .metrics()
+        .await
+        .contains(r#"cxone_queue_consumers{queue="jobs"} 1"#)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no queue gauges:\n{}",
+            w.metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod consumer;
 pub mod control;
 mod delivery;
+mod depths;
 pub mod incoming;
 mod ledger;
 pub mod outputs;

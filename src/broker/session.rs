@@ -50,6 +50,8 @@ pub(super) struct Session {
     acks: FuturesUnordered<Settling>,
     /// Pings from `cxone-worker status`.
     control: lapin::Consumer,
+    /// Reads the queues' depths for the gauges; aborted when the session closes.
+    depths: tokio::task::JoinHandle<()>,
     /// Shutting down: hand-backs are plain requeues, which cannot outlast the
     /// grace period waiting for a confirm.
     draining: bool,
@@ -67,7 +69,9 @@ impl Session {
             .await?;
         let publisher = Publisher::open(&connection, c.publish_timeout).await?;
         let control = super::control::listen(&connection, &c.topology).await?;
+        let depths = super::depths::watch(connection.create_channel().await?, c.topology.clone());
         Ok(Self {
+            depths,
             connection,
             publisher,
             consumer: None,
@@ -328,6 +332,7 @@ impl Session {
     }
 
     pub(super) async fn close(&mut self) {
+        self.depths.abort();
         self.tasks.abort_all();
         // Acks still unwritten when the connection closes would bring their jobs
         // back: a second report of work already done. On a dead connection they

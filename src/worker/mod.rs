@@ -275,6 +275,7 @@ impl Worker {
                 sha256: report.sha256.as_deref().unwrap_or_default(),
                 original_size: report.original_size.unwrap_or_default(),
                 metadata: job.metadata.as_ref(),
+                file: report.file.as_deref(),
                 base64,
                 raw,
             };
