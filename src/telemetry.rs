@@ -284,8 +284,11 @@ impl Drop for Telemetry {
     }
 }
 
-/// Installs the log subscriber (level from `RUST_LOG`, default `info`), and the OTLP
-/// trace exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+/// Installs the log subscriber (level from `RUST_LOG`, default `info`) and the
+/// tracer. Trace context is always kept and propagated (W3C `traceparent`), so
+/// jobs' messages and API calls carry it whether or not spans are exported; spans
+/// leave the process over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+/// `OTEL_SERVICE_NAME` wins over `service`.
 pub fn init(format: LogFormat, service: &'static str) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = match format {
@@ -300,42 +303,58 @@ pub fn init(format: LogFormat, service: &'static str) -> Telemetry {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .boxed(),
     };
-    let tracer = otlp_provider(service);
-    let otel = tracer
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let provider = tracer_provider(service);
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
     // A second init (tests) keeps the first subscriber.
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
         .with(otel)
         .try_init();
-    Telemetry { tracer }
+    Telemetry {
+        tracer: Some(provider),
+    }
 }
 
-fn otlp_provider(service: &'static str) -> Option<SdkTracerProvider> {
+/// The tracer: with an exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans
+/// sampled unless the producer's trace says otherwise; without one, only trace
+/// context is kept (a trace the producer sampled stays sampled downstream, a new
+/// one is not), which costs a few microseconds a job.
+fn tracer_provider(service: &'static str) -> SdkTracerProvider {
+    use opentelemetry_sdk::trace::Sampler;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none_or(|v| v.is_empty()) {
+        resource = resource.with_service_name(service);
+    }
+    let builder = SdkTracerProvider::builder().with_resource(resource.build());
+    match otlp_exporter() {
+        Some(exporter) => builder
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+            .with_batch_exporter(exporter)
+            .build(),
+        None => builder
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)))
+            .build(),
+    }
+}
+
+fn otlp_exporter() -> Option<opentelemetry_otlp::SpanExporter> {
     std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
         .ok()
         .filter(|v| !v.is_empty())?;
-    let exporter = match opentelemetry_otlp::SpanExporter::builder()
+    match opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .build()
     {
-        Ok(exporter) => exporter,
+        Ok(exporter) => Some(exporter),
         Err(e) => {
             eprintln!("cxone-worker: OTLP export disabled: {e}");
-            return None;
+            None
         }
-    };
-    let resource = opentelemetry_sdk::Resource::builder()
-        .with_service_name(service)
-        .build();
-    Some(
-        SdkTracerProvider::builder()
-            .with_resource(resource)
-            .with_batch_exporter(exporter)
-            .build(),
-    )
+    }
 }
 
 /// An error and its causes on one line: `outer: cause: root cause`.

@@ -4,12 +4,14 @@
 use std::sync::Arc;
 
 use lapin::BasicProperties;
+use tracing::Instrument;
 
 use super::consumer::Consumer;
 use super::incoming::incoming;
 use super::outputs::{self, Original};
 use super::publisher::{Outgoing, Publisher};
 use super::topology::Topology;
+use super::trace;
 use crate::job::Systemic;
 use crate::outcome::{Outcome, Report, Stage};
 use crate::telemetry::{chain, names};
@@ -39,18 +41,25 @@ pub(super) async fn process(
 ) -> TaskEnd {
     let _in_flight = InFlight::new();
     let started = tokio::time::Instant::now();
+    let span = trace::delivery_span(&c.topology.jobs(), &properties);
     let job = incoming(&c.state_key, body, &properties);
     let stages = Stages {
         topology: &c.topology,
         enabled: c.audit_all,
         events: std::sync::Mutex::new(Vec::new()),
     };
-    let report = c.worker.process(&job, &stages).await;
+    let report = c
+        .worker
+        .process(&job, &stages)
+        .instrument(span.clone())
+        .await;
     let original = Original {
         body: &job.body,
         properties: &properties,
     };
-    let end = settle(&c, &publisher, &report, &original, stages).await;
+    let end = settle(&c, &publisher, &report, &original, stages, &span)
+        .instrument(span.clone())
+        .await;
     let outcome = match (&end, &report.outcome) {
         (TaskEnd::Ack, Outcome::Succeeded) => "succeeded",
         (TaskEnd::Ack, Outcome::Failed { .. }) => "failed",
@@ -68,11 +77,22 @@ async fn settle(
     report: &Report,
     original: &Original<'_>,
     stages: Stages<'_>,
+    span: &tracing::Span,
 ) -> TaskEnd {
     if let Outcome::HandBack { cause, error } = &report.outcome {
         let replacement = report
             .progressed()
-            .then(|| outputs::fresh_copy(&c.topology, &c.state_key, original, &report.state))
+            .then(|| {
+                let mut copy = [outputs::fresh_copy(
+                    &c.topology,
+                    &c.state_key,
+                    original,
+                    &report.state,
+                )];
+                trace::inject(span, &mut copy);
+                let [copy] = copy;
+                copy
+            })
             .map(Box::new);
         return TaskEnd::HandBack {
             cause: *cause,
@@ -90,6 +110,7 @@ async fn settle(
         report,
         original,
     ));
+    trace::inject(span, &mut messages);
     match publisher.publish_all(messages).await {
         Ok(()) => TaskEnd::Ack,
         Err(e) => {

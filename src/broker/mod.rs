@@ -15,6 +15,7 @@ mod pause;
 pub mod publisher;
 mod session;
 pub mod topology;
+mod trace;
 
 use crate::config::AmqpUrl;
 

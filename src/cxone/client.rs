@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use tracing::Instrument;
 
 use super::auth::{Token, TokenCache};
 use super::grant::TokenRequest;
@@ -173,15 +174,21 @@ impl Client {
         };
         let url = self.profile.execute_url(base, action);
         self.calls_sent.fetch_add(1, Ordering::Relaxed);
+        let span = http_span(&url);
         let sent = self
             .http
             .post(url)
+            .headers(trace_headers(&span))
             .header(AUTHORIZATION, token.header())
             .header(CONTENT_TYPE, "application/json")
             .header("Idempotency-Key", key.clone())
             .body(body)
             .send()
+            .instrument(span.clone())
             .await;
+        if let Ok(response) = &sent {
+            span.record("http.response.status_code", response.status().as_u16());
+        }
         match sent {
             Ok(response) => {
                 self.transport_failures.store(0, Ordering::Relaxed);
@@ -219,6 +226,39 @@ impl Client {
     pub async fn probe(&self) -> Result<(), Failure> {
         self.auth.refresh().await.map(|_| ())
     }
+}
+
+/// The API call as an OpenTelemetry HTTP client span, a child of the job's.
+fn http_span(url: &url::Url) -> tracing::Span {
+    tracing::info_span!(
+        "POST",
+        otel.kind = "client",
+        http.request.method = "POST",
+        server.address = url.host_str().unwrap_or_default(),
+        server.port = url.port_or_known_default(),
+        url.path = url.path(),
+        http.response.status_code = tracing::field::Empty,
+    )
+}
+
+/// `traceparent` (and `tracestate`) of `span`, for the request: the API sees the
+/// call in the job's trace. Empty when no tracer keeps context (tests).
+fn trace_headers(span: &tracing::Span) -> reqwest::header::HeaderMap {
+    struct Writer(reqwest::header::HeaderMap);
+    impl opentelemetry::propagation::Injector for Writer {
+        fn set(&mut self, key: &str, value: String) {
+            if let (Ok(name), Ok(value)) = (
+                reqwest::header::HeaderName::from_bytes(key.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                self.0.insert(name, value);
+            }
+        }
+    }
+    let mut writer = Writer(reqwest::header::HeaderMap::new());
+    let context = tracing_opentelemetry::OpenTelemetrySpanExt::context(span);
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut writer));
+    writer.0
 }
 
 /// The `Idempotency-Key` header: the key's bytes as they are (a `job_id` may be any

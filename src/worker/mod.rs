@@ -19,7 +19,6 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use crate::admin::Paused;
 use crate::budget::ByteBudget;
@@ -114,12 +113,10 @@ impl Worker {
         report.reach(Stage::Received);
         sink.reached(&report, Stage::Received);
 
-        let span =
-            tracing::info_span!("job", job_id = %report.job_id, file = tracing::field::Empty);
-        let ran = self
-            .run(incoming, &mut report, sink)
-            .instrument(span.clone())
-            .await;
+        // The span the caller runs the job in (the broker's delivery span) takes
+        // the job's fields; its log lines carry them.
+        tracing::Span::current().record("job_id", report.job_id.as_str());
+        let ran = self.run(incoming, &mut report, sink).await;
         if report.file.is_none() && small {
             report.file = job::loose_file(&incoming.body);
         }
@@ -129,7 +126,7 @@ impl Worker {
             Err((step, failure)) => self.config.settle(&mut report, step, failure),
         };
         self.count(&report);
-        span.in_scope(|| log(&report));
+        log(&report);
         report
     }
 
