@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The worker's main job end to end, on this machine: RabbitMQ (started, or installed
 # and started, when none answers on 127.0.0.1:5672), the API simulator standing in for
-# CXone (unless CXONE_API_URL, CXONE_CLIENT_ID, CXONE_CLIENT_SECRET and
-# CXONE_DATA_ACTION_ID are set), the worker, and a few sample jobs, good and bad,
-# whose results are printed. Everything it creates is removed at the end.
+# the API of API_PROFILE (seed, genesys or cxone; unless that profile's real
+# credentials are set: see the README's "Profiles"), the worker, and a few sample jobs,
+# good and bad, whose results are printed. Everything it creates is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,17 +36,39 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 export AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 export CXONE_QUEUE_PREFIX="$prefix"
-if [ -n "${CXONE_API_URL:-}" ] && [ -n "${CXONE_CLIENT_ID:-}" ] \
-   && [ -n "${CXONE_CLIENT_SECRET:-}${CXONE_CLIENT_SECRET_FILE:-}" ] && [ -n "${CXONE_DATA_ACTION_ID:-}" ]; then
-  echo "== calling the CXone API at $CXONE_API_URL"
+profile="${API_PROFILE:-seed}"
+real_credentials() {
+  [ -n "${CXONE_CLIENT_ID:-}" ] && [ -n "${CXONE_CLIENT_SECRET:-}${CXONE_CLIENT_SECRET_FILE:-}" ] \
+    && [ -n "${CXONE_DATA_ACTION_ID:-}" ] || return 1
+  case "$profile" in
+    cxone) [ -n "${CXONE_ACCESS_KEY_ID:-}" ] && [ -n "${CXONE_ACCESS_KEY_SECRET:-}${CXONE_ACCESS_KEY_SECRET_FILE:-}" ] ;;
+    *) [ -n "${CXONE_API_URL:-}" ] ;;
+  esac
+}
+if real_credentials; then
+  echo "== calling the real API (profile $profile) at ${CXONE_API_URL:-the discovered tenant host}"
 else
+  # The simulator speaks the chosen profile: its token endpoint (and, for cxone, the
+  # OIDC and cxone-configuration discovery documents), its execute route and bodies.
   port=$(free_port)
-  export CXONE_API_URL="http://127.0.0.1:$port" CXONE_CLIENT_ID=demo-client
+  url="http://127.0.0.1:$port"
+  export API_PROFILE="$profile" CXONE_CLIENT_ID=demo-client
   export CXONE_CLIENT_SECRET="demo-$RANDOM$RANDOM" CXONE_DATA_ACTION_ID=demo-action
-  SIM_PORT=$port SIM_CLIENT_ID=$CXONE_CLIENT_ID SIM_CLIENT_SECRET=$CXONE_CLIENT_SECRET \
+  if [ "$profile" = cxone ]; then
+    # CXone: the issuer is the only address given; the token endpoint and the
+    # tenant's API host are discovered from it.
+    unset CXONE_API_URL
+    export CXONE_ISSUER="$url" CXONE_ACCESS_KEY_ID=demo-key CXONE_ACCESS_KEY_SECRET="key-$RANDOM$RANDOM"
+  else
+    export CXONE_API_URL="$url"
+  fi
+  keys=()
+  [ "$profile" = cxone ] && keys=("SIM_ACCESS_KEY_ID=$CXONE_ACCESS_KEY_ID" "SIM_ACCESS_KEY_SECRET=$CXONE_ACCESS_KEY_SECRET")
+  env SIM_PORT="$port" SIM_PROFILE="$profile" SIM_CLIENT_ID="$CXONE_CLIENT_ID" \
+    SIM_CLIENT_SECRET="$CXONE_CLIENT_SECRET" "${keys[@]}" \
     LOG_FORMAT=text "$bin" sim >"$work/sim.log" 2>&1 &
   pids+=($!)
-  echo "== the simulator stands in for CXone at $CXONE_API_URL"
+  echo "== the simulator stands in for the API (profile $profile) at $url"
 fi
 
 echo "== sample files in $work/in"

@@ -61,7 +61,7 @@ pub struct NoRoom {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        metrics::gauge!(names::IN_FLIGHT_BYTES).decrement(self.bytes as f64);
+        crate::hot!(gauge, names::IN_FLIGHT_BYTES).decrement(self.bytes as f64);
     }
 }
 
@@ -158,7 +158,7 @@ fn units(bytes: u64, capacity: u32) -> u32 {
 
 impl Reservation {
     fn sized(permit: OwnedSemaphorePermit, bytes: u64) -> Self {
-        metrics::gauge!(names::IN_FLIGHT_BYTES).increment(bytes as f64);
+        crate::hot!(gauge, names::IN_FLIGHT_BYTES).increment(bytes as f64);
         Reservation {
             permit: Some(permit),
             streamed: None,
@@ -211,7 +211,7 @@ impl Reservation {
         merge(&mut streamed.permit, share);
         merge(&mut self.permit, all);
         let grown = u64::from(wanted) * UNIT;
-        metrics::gauge!(names::IN_FLIGHT_BYTES).increment((grown - self.bytes) as f64);
+        crate::hot!(gauge, names::IN_FLIGHT_BYTES).increment((grown - self.bytes) as f64);
         self.bytes = grown;
         Ok(())
     }

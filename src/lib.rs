@@ -19,6 +19,7 @@
 //! | [`broker`] | RabbitMQ: topology, confirms, consumer, reconnection |
 //! | [`admin`] | `/healthz`, `/readyz`, `/metrics` |
 //! | [`telemetry`] | logs, traces and metric names |
+//! | [`trace`] | a job's W3C trace context, kept whether spans are exported or not |
 //! | [`shutdown`] | the signal that starts the drain |
 //! | [`ops`] | operator tooling: `enqueue` backfills, the DLQ (`dlq list/replay/purge`), `status` |
 //! | [`commands`] | one file per subcommand |
@@ -42,4 +43,5 @@ pub mod source;
 pub mod state;
 pub mod storage;
 pub mod telemetry;
+pub mod trace;
 pub mod worker;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -83,9 +83,52 @@ pub struct Report {
     pub outcome: Outcome,
 }
 
+/// A time as RFC 3339, exactly as `time`'s `Rfc3339` writes it (the fraction only
+/// as long as it needs), in one small allocation: every result and audit event has
+/// several, and the general formatter cost more than the rest of an event.
 pub fn rfc3339(t: OffsetDateTime) -> String {
-    // Formatting a UTC time as RFC 3339 cannot fail.
-    t.format(&Rfc3339).unwrap_or_default()
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        // Outside what RFC 3339 writes in four digits: the general formatter says so.
+        return t.format(&Rfc3339).unwrap_or_default();
+    }
+    let mut out = String::with_capacity(30);
+    let two = |out: &mut String, n: u8| {
+        out.push(char::from(b'0' + n / 10));
+        out.push(char::from(b'0' + n % 10));
+    };
+    let year = year as u32;
+    for d in [year / 1000, year / 100 % 10, year / 10 % 10, year % 10] {
+        out.push(char::from(b'0' + d as u8));
+    }
+    out.push('-');
+    two(&mut out, u8::from(t.month()));
+    out.push('-');
+    two(&mut out, t.day());
+    out.push('T');
+    two(&mut out, t.hour());
+    out.push(':');
+    two(&mut out, t.minute());
+    out.push(':');
+    two(&mut out, t.second());
+    let mut nanos = t.nanosecond();
+    if nanos > 0 {
+        let mut digits = 9;
+        while nanos.is_multiple_of(10) {
+            nanos /= 10;
+            digits -= 1;
+        }
+        let mut fraction = [b'0'; 9];
+        for slot in fraction[..digits].iter_mut().rev() {
+            *slot = b'0' + (nanos % 10) as u8;
+            nanos /= 10;
+        }
+        out.push('.');
+        out.extend(fraction[..digits].iter().map(|&b| char::from(b)));
+    }
+    out.push('Z');
+    out
 }
 
 pub fn now() -> OffsetDateTime {
@@ -139,56 +182,60 @@ impl Report {
 
     /// The result message, or `None` for an outcome that is not the job's end.
     pub fn result(&self) -> Option<Value> {
+        // A struct of references always serializes.
+        self.result_doc()
+            .map(|doc| serde_json::to_value(doc).expect("result json"))
+    }
+
+    /// The result as it is published: serialized straight from the report, without
+    /// a `Value` in between (that map cost more than the rest of the result).
+    pub fn result_json(&self) -> Option<Vec<u8>> {
+        self.result_doc()
+            .map(|doc| serde_json::to_vec(&doc).expect("result json"))
+    }
+
+    fn result_doc(&self) -> Option<ResultDoc<'_>> {
+        let chunks = &self.state.chunks;
         match &self.outcome {
-            Outcome::Succeeded => Some(self.succeeded()),
-            Outcome::Failed { kind, error } => Some(json!({
-                    "job_id": self.job_id,
-                    "status": "failed",
-                    "error_kind": kind,
-                    "error": error,
-                    "attempts": self.state.attempts,
-                    "file": self.file,
-                    "failed_at": rfc3339(now()),
+            Outcome::Succeeded => Some(ResultDoc::Succeeded(Succeeded {
+                job_id: &self.job_id,
+                status: "succeeded",
+                data_action_id: self.data_action_id.as_deref(),
+                execution_id: self.state.execution_id.as_deref(),
+                content_type: self.content_type.as_deref(),
+                original_size: self.original_size,
+                encoded_size: self.encoded_size,
+                sha256: self.sha256.as_deref(),
+                attempts: self.state.attempts,
+                latency_ms: self.latency_ms(),
+                storage_uri: self.storage_uri.as_deref(),
+                file: self.file.as_deref(),
+                completed_at: rfc3339(now()),
+                output: self.output.as_ref(),
+                output_truncated: (self.output.is_none() && self.output_truncated).then_some(true),
+                chunk_count: (!chunks.is_empty()).then_some(chunks.len()),
+                chunks: (!chunks.is_empty()).then(|| {
+                    chunks
+                        .iter()
+                        .enumerate()
+                        .map(|(index, id)| ChunkDoc {
+                            index,
+                            execution_id: id.as_deref(),
+                        })
+                        .collect()
+                }),
+            })),
+            Outcome::Failed { kind, error } => Some(ResultDoc::Failed(FailedDoc {
+                job_id: &self.job_id,
+                status: "failed",
+                error_kind: kind.as_str(),
+                error,
+                attempts: self.state.attempts,
+                file: self.file.as_deref(),
+                failed_at: rfc3339(now()),
             })),
             Outcome::Retry { .. } | Outcome::HandBack { .. } => None,
         }
-    }
-
-    /// The `job.succeeded` result: the contract's fields, the API's `output` (or
-    /// `output_truncated`), and the chunks of a chunked job.
-    fn succeeded(&self) -> Value {
-        let mut result = json!({
-            "job_id": self.job_id,
-            "status": "succeeded",
-            "data_action_id": self.data_action_id,
-            "execution_id": self.state.execution_id,
-            "content_type": self.content_type,
-            "original_size": self.original_size,
-            "encoded_size": self.encoded_size,
-            "sha256": self.sha256,
-            "attempts": self.state.attempts,
-            "latency_ms": self.latency_ms(),
-            "storage_uri": self.storage_uri,
-            "file": self.file,
-            "completed_at": rfc3339(now()),
-        });
-        let fields = result.as_object_mut().expect("a JSON object");
-        if let Some(output) = &self.output {
-            fields.insert("output".into(), output.clone());
-        } else if self.output_truncated {
-            fields.insert("output_truncated".into(), Value::Bool(true));
-        }
-        let chunks = &self.state.chunks;
-        if !chunks.is_empty() {
-            fields.insert("chunk_count".into(), json!(chunks.len()));
-            let list: Vec<Value> = chunks
-                .iter()
-                .enumerate()
-                .map(|(index, id)| json!({"index": index, "execution_id": id}))
-                .collect();
-            fields.insert("chunks".into(), Value::Array(list));
-        }
-        result
     }
 
     /// The terminal audit event of this delivery, if it has one.
@@ -234,6 +281,58 @@ impl Report {
     }
 }
 
+/// A result as the contract shapes it.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ResultDoc<'a> {
+    Succeeded(Succeeded<'a>),
+    Failed(FailedDoc<'a>),
+}
+
+/// `job.succeeded`: the contract's fields, the API's `output` (or
+/// `output_truncated`), and the chunks of a chunked job.
+#[derive(Serialize)]
+struct Succeeded<'a> {
+    job_id: &'a str,
+    status: &'static str,
+    data_action_id: Option<&'a str>,
+    execution_id: Option<&'a str>,
+    content_type: Option<&'a str>,
+    original_size: Option<u64>,
+    encoded_size: Option<u64>,
+    sha256: Option<&'a str>,
+    attempts: u32,
+    latency_ms: u64,
+    storage_uri: Option<&'a str>,
+    file: Option<&'a str>,
+    completed_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_truncated: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chunk_count: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chunks: Option<Vec<ChunkDoc<'a>>>,
+}
+
+#[derive(Serialize)]
+struct ChunkDoc<'a> {
+    index: usize,
+    execution_id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct FailedDoc<'a> {
+    job_id: &'a str,
+    status: &'static str,
+    error_kind: &'static str,
+    error: &'a str,
+    attempts: u32,
+    file: Option<&'a str>,
+    failed_at: String,
+}
+
 /// An audit event as the contract shapes it. It never holds payload bytes, tokens
 /// or secrets: only sizes, types, ids and times.
 #[derive(Debug, Serialize)]
@@ -259,6 +358,27 @@ pub struct AuditEvent<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn rfc3339_is_times(seconds in 0i64..253_402_300_799, nanos in 0u32..1_000_000_000) {
+            let t = OffsetDateTime::from_unix_timestamp(seconds).unwrap()
+                .replace_nanosecond(nanos).unwrap();
+            prop_assert_eq!(rfc3339(t), t.format(&Rfc3339).unwrap());
+        }
+    }
+
+    #[test]
+    fn rfc3339_trims_the_fraction_as_times_does() {
+        for nanos in [0, 1, 100_000_000, 120_000_000, 999_999_999] {
+            let t = OffsetDateTime::from_unix_timestamp(1_800_000_000)
+                .unwrap()
+                .replace_nanosecond(nanos)
+                .unwrap();
+            assert_eq!(rfc3339(t), t.format(&Rfc3339).unwrap(), "{nanos}");
+        }
+    }
 
     fn report(outcome: Outcome) -> Report {
         let state = JobState {

@@ -269,6 +269,26 @@ pub fn register_metrics() {
     }
 }
 
+/// A metric handle looked up once per call site, for the hot path: the registry's
+/// lookup (hashing the name and labels) is most of what a metric costs there. The
+/// name and labels must be constants, and the recorder installed before the first
+/// call (`run` installs it first thing; a handle taken before is a no-op).
+#[macro_export]
+macro_rules! hot {
+    (counter, $($key:tt)+) => {{
+        static HANDLE: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+        HANDLE.get_or_init(|| metrics::counter!($($key)+))
+    }};
+    (gauge, $($key:tt)+) => {{
+        static HANDLE: std::sync::OnceLock<metrics::Gauge> = std::sync::OnceLock::new();
+        HANDLE.get_or_init(|| metrics::gauge!($($key)+))
+    }};
+    (histogram, $($key:tt)+) => {{
+        static HANDLE: std::sync::OnceLock<metrics::Histogram> = std::sync::OnceLock::new();
+        HANDLE.get_or_init(|| metrics::histogram!($($key)+))
+    }};
+}
+
 /// Flushes traces when dropped; hold it until the program ends.
 pub struct Telemetry {
     tracer: Option<SdkTracerProvider>,
@@ -290,7 +310,11 @@ impl Drop for Telemetry {
 /// leave the process over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 /// `OTEL_SERVICE_NAME` wins over `service`.
 pub fn init(format: LogFormat, service: &'static str) -> Telemetry {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // lapin's I/O loop logs its own ERROR for every connection it loses or cannot
+    // open, racing the worker's report of the same failure (with its kind and what to
+    // do): by default only the worker's is kept. RUST_LOG brings it back.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,lapin::io_loop=off"));
     let fmt = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -303,42 +327,42 @@ pub fn init(format: LogFormat, service: &'static str) -> Telemetry {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .boxed(),
     };
-    opentelemetry::global::set_text_map_propagator(
-        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-    );
     let provider = tracer_provider(service);
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
+    crate::trace::set_exporting(provider.is_some());
+    // The tracer sees the worker's own spans whatever RUST_LOG says: a job's trace
+    // context must travel on even when its log lines are filtered out.
+    let otel = provider.as_ref().map(|p| {
+        let spans = tracing_subscriber::filter::Targets::new()
+            .with_target("cxone_worker", tracing::Level::INFO);
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(service))
+            .with_filter(spans)
+    });
     // A second init (tests) keeps the first subscriber.
     let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
+        .with(fmt.with_filter(filter))
         .with(otel)
         .try_init();
-    Telemetry {
-        tracer: Some(provider),
-    }
+    Telemetry { tracer: provider }
 }
 
-/// The tracer: with an exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans
-/// sampled unless the producer's trace says otherwise; without one, only trace
-/// context is kept (a trace the producer sampled stays sampled downstream, a new
-/// one is not), which costs a few microseconds a job.
-fn tracer_provider(service: &'static str) -> SdkTracerProvider {
+/// The tracer, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set: spans sampled unless
+/// the producer's trace says otherwise. Without it there are no spans to export,
+/// and `crate::trace` keeps the context.
+fn tracer_provider(service: &'static str) -> Option<SdkTracerProvider> {
     use opentelemetry_sdk::trace::Sampler;
+    let exporter = otlp_exporter()?;
     let mut resource = opentelemetry_sdk::Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none_or(|v| v.is_empty()) {
         resource = resource.with_service_name(service);
     }
-    let builder = SdkTracerProvider::builder().with_resource(resource.build());
-    match otlp_exporter() {
-        Some(exporter) => builder
+    Some(
+        SdkTracerProvider::builder()
+            .with_resource(resource.build())
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
             .with_batch_exporter(exporter)
             .build(),
-        None => builder
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)))
-            .build(),
-    }
+    )
 }
 
 fn otlp_exporter() -> Option<opentelemetry_otlp::SpanExporter> {

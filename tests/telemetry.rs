@@ -118,7 +118,8 @@ async fn every_message_and_call_of_a_job_carries_its_trace() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_letter_and_a_job_without_a_trace_get_one_all_the_same() {
-    let mut w = Worker::new(SimConfig::default(), &[]).await;
+    // Logs filtered to warnings: the trace context travels on all the same.
+    let mut w = Worker::new(SimConfig::default(), &[("RUST_LOG", "warn")]).await;
     w.start().await;
     let other = "0af7651916cd43dd8448eb211c80319c";
     let body = serde_json::to_vec(&serde_json::json!({

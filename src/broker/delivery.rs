@@ -41,33 +41,36 @@ pub(super) async fn process(
 ) -> TaskEnd {
     let _in_flight = InFlight::new();
     let started = tokio::time::Instant::now();
-    let span = trace::delivery_span(&c.topology.jobs(), &properties);
+    let (span, context) = trace::delivery_span(&c.topology.jobs(), &properties);
     let job = incoming(&c.state_key, body, &properties);
     let stages = Stages {
         topology: &c.topology,
         enabled: c.audit_all,
         events: std::sync::Mutex::new(Vec::new()),
     };
-    let report = c
-        .worker
-        .process(&job, &stages)
-        .instrument(span.clone())
-        .await;
+    // The job's context for what it calls (the API) as it runs.
+    let processing = c.worker.process(&job, &stages).instrument(span.clone());
+    let report = context.clone().scope(processing).await;
     let original = Original {
         body: &job.body,
         properties: &properties,
     };
-    let end = settle(&c, &publisher, &report, &original, stages, &span)
-        .instrument(span.clone())
+    let end = settle(&c, &publisher, &report, &original, stages, &context)
+        .instrument(span)
         .await;
-    let outcome = match (&end, &report.outcome) {
-        (TaskEnd::Ack, Outcome::Succeeded) => "succeeded",
-        (TaskEnd::Ack, Outcome::Failed { .. }) => "failed",
-        (TaskEnd::Ack, Outcome::Retry { .. }) => "retried",
-        _ => "handed_back",
+    let duration = match (&end, &report.outcome) {
+        (TaskEnd::Ack, Outcome::Succeeded) => {
+            crate::hot!(histogram, names::JOB_DURATION, "outcome" => "succeeded")
+        }
+        (TaskEnd::Ack, Outcome::Failed { .. }) => {
+            crate::hot!(histogram, names::JOB_DURATION, "outcome" => "failed")
+        }
+        (TaskEnd::Ack, Outcome::Retry { .. }) => {
+            crate::hot!(histogram, names::JOB_DURATION, "outcome" => "retried")
+        }
+        _ => crate::hot!(histogram, names::JOB_DURATION, "outcome" => "handed_back"),
     };
-    metrics::histogram!(names::JOB_DURATION, "outcome" => outcome)
-        .record(started.elapsed().as_secs_f64());
+    duration.record(started.elapsed().as_secs_f64());
     end
 }
 
@@ -77,7 +80,7 @@ async fn settle(
     report: &Report,
     original: &Original<'_>,
     stages: Stages<'_>,
-    span: &tracing::Span,
+    context: &crate::trace::Context,
 ) -> TaskEnd {
     if let Outcome::HandBack { cause, error } = &report.outcome {
         let replacement = report
@@ -89,7 +92,7 @@ async fn settle(
                     original,
                     &report.state,
                 )];
-                trace::inject(span, &mut copy);
+                trace::inject(context, &mut copy);
                 let [copy] = copy;
                 copy
             })
@@ -110,7 +113,7 @@ async fn settle(
         report,
         original,
     ));
-    trace::inject(span, &mut messages);
+    trace::inject(context, &mut messages);
     match publisher.publish_all(messages).await {
         Ok(()) => TaskEnd::Ack,
         Err(e) => {
@@ -145,13 +148,13 @@ struct InFlight;
 
 impl InFlight {
     fn new() -> Self {
-        metrics::gauge!(names::IN_FLIGHT).increment(1.0);
+        crate::hot!(gauge, names::IN_FLIGHT).increment(1.0);
         InFlight
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!(names::IN_FLIGHT).decrement(1.0);
+        crate::hot!(gauge, names::IN_FLIGHT).decrement(1.0);
     }
 }

@@ -60,7 +60,7 @@ pub fn messages(
         }
         Outcome::Succeeded | Outcome::HandBack { .. } => {}
     }
-    if let Some(result) = report.result() {
+    if let Some(body) = report.result_json() {
         let routing_key = match report.outcome {
             Outcome::Succeeded => routing::SUCCEEDED,
             _ => routing::FAILED,
@@ -68,8 +68,7 @@ pub fn messages(
         out.push(Outgoing {
             exchange: topology.results(),
             routing_key: routing_key.to_owned(),
-            // A JSON value always serializes.
-            body: serde_json::to_vec(&result).expect("result json"),
+            body,
             properties: json_properties().with_correlation_id(short(&report.job_id)),
         });
     }

@@ -213,7 +213,14 @@ impl Session {
             ..
         } = delivery;
         let copy = Copy::when_due(&data, &properties);
-        let task = delivery::process(c.clone(), self.publisher.clone(), data, properties);
+        // Boxed: a job's future is several kilobytes, and the task would otherwise
+        // copy it whole as it is spawned and as each stage of the task is set.
+        let task = Box::pin(delivery::process(
+            c.clone(),
+            self.publisher.clone(),
+            data,
+            properties,
+        ));
         let id = self.tasks.spawn(task).id();
         self.ledger.hold(id, acker, delivery_tag, copy);
     }

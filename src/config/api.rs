@@ -102,7 +102,8 @@ pub struct ApiArgs {
     /// they are too_large.
     #[arg(long, env = "CHUNKING", default_value = "on")]
     pub chunking: String,
-    /// Executions per minute for the whole process, paced evenly.
+    /// API calls per minute, paced evenly: for every `run` process on this broker and prefix
+    /// together (LIMIT_SCOPE=fleet), or for this process alone (LIMIT_SCOPE=process).
     #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value = "1000")]
     pub rate_limit_per_minute: String,
     /// Time allowed to open a connection to the API.

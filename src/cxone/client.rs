@@ -119,7 +119,7 @@ impl Client {
                     output,
                 } => {
                     let latency = started.elapsed();
-                    metrics::histogram!(names::EXECUTE_DURATION).record(latency.as_secs_f64());
+                    crate::hot!(histogram, names::EXECUTE_DURATION).record(latency.as_secs_f64());
                     return Ok(Executed {
                         execution_id,
                         output,
@@ -228,8 +228,12 @@ impl Client {
     }
 }
 
-/// The API call as an OpenTelemetry HTTP client span, a child of the job's.
+/// The API call as an OpenTelemetry HTTP client span, a child of the job's; only
+/// when spans are exported (`crate::trace`).
 fn http_span(url: &url::Url) -> tracing::Span {
+    if !crate::trace::exporting() {
+        return tracing::Span::none();
+    }
     tracing::info_span!(
         "POST",
         otel.kind = "client",
@@ -241,24 +245,23 @@ fn http_span(url: &url::Url) -> tracing::Span {
     )
 }
 
-/// `traceparent` (and `tracestate`) of `span`, for the request: the API sees the
-/// call in the job's trace. Empty when no tracer keeps context (tests).
+/// `traceparent` (and `tracestate`) of the call, for the request: the API sees the
+/// call in the job's trace.
 fn trace_headers(span: &tracing::Span) -> reqwest::header::HeaderMap {
-    struct Writer(reqwest::header::HeaderMap);
-    impl opentelemetry::propagation::Injector for Writer {
-        fn set(&mut self, key: &str, value: String) {
-            if let (Ok(name), Ok(value)) = (
-                reqwest::header::HeaderName::from_bytes(key.as_bytes()),
-                HeaderValue::from_str(&value),
-            ) {
-                self.0.insert(name, value);
-            }
-        }
+    use crate::trace::Context;
+    let context =
+        Context::of_span(span).unwrap_or_else(|| Context::child_of(Context::of_job().as_ref()));
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(&context.traceparent()) {
+        headers.insert("traceparent", value);
     }
-    let mut writer = Writer(reqwest::header::HeaderMap::new());
-    let context = tracing_opentelemetry::OpenTelemetrySpanExt::context(span);
-    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut writer));
-    writer.0
+    if let Some(value) = context
+        .tracestate()
+        .and_then(|s| HeaderValue::from_str(s).ok())
+    {
+        headers.insert("tracestate", value);
+    }
+    headers
 }
 
 /// The `Idempotency-Key` header: the key's bytes as they are (a `job_id` may be any
@@ -282,7 +285,7 @@ fn rate_limit_floor(n: u32) -> Duration {
 
 async fn read_answer(mut response: reqwest::Response, profile: &Profile) -> Answer {
     let status = response.status().as_u16();
-    metrics::counter!(names::EXECUTE_CALLS, "answer" => status_class(status)).increment(1);
+    answered(status).increment(1);
     let header = |name| {
         response
             .headers()
@@ -311,14 +314,16 @@ async fn read_answer(mut response: reqwest::Response, profile: &Profile) -> Answ
     classify(&read, profile, SystemTime::now())
 }
 
-fn status_class(status: u16) -> &'static str {
+/// The `cxone_execute_calls_total` series of an answer's status.
+fn answered(status: u16) -> &'static metrics::Counter {
+    use crate::hot;
     match status {
-        200..=299 => "2xx",
-        401 => "401",
-        403 => "403",
-        429 => "429",
-        400..=499 => "4xx",
-        _ => "5xx",
+        200..=299 => hot!(counter, names::EXECUTE_CALLS, "answer" => "2xx"),
+        401 => hot!(counter, names::EXECUTE_CALLS, "answer" => "401"),
+        403 => hot!(counter, names::EXECUTE_CALLS, "answer" => "403"),
+        429 => hot!(counter, names::EXECUTE_CALLS, "answer" => "429"),
+        400..=499 => hot!(counter, names::EXECUTE_CALLS, "answer" => "4xx"),
+        _ => hot!(counter, names::EXECUTE_CALLS, "answer" => "5xx"),
     }
 }
 

@@ -96,7 +96,7 @@ pub struct CallPermit {
 
 impl Drop for CallPermit {
     fn drop(&mut self) {
-        metrics::gauge!(names::CALLS_IN_FLIGHT).decrement(1.0);
+        crate::hot!(gauge, names::CALLS_IN_FLIGHT).decrement(1.0);
     }
 }
 
@@ -146,7 +146,7 @@ impl Limits {
             None => None,
         };
         self.gates.rate.ready(&self.gates.pause).await;
-        metrics::gauge!(names::CALLS_IN_FLIGHT).increment(1.0);
+        crate::hot!(gauge, names::CALLS_IN_FLIGHT).increment(1.0);
         CallPermit { _slot: slot }
     }
 

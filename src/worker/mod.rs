@@ -157,12 +157,13 @@ impl Worker {
                 .map_err(at(Step::Prepare))?
         } else {
             // A cap on requests: the size decides between one request and chunks.
-            match self.open_for_chunks(report, &job).await? {
+            // Boxed: their state would otherwise make every job's future (moved
+            // into its task at each delivery) several kilobytes larger.
+            match Box::pin(self.open_for_chunks(report, &job)).await? {
                 Opened::Whole(fetched) => fetched,
                 Opened::Chunks(pieces, plan) => {
-                    return self
-                        .run_chunks(report, &job, &action, *pieces, plan, sink)
-                        .await;
+                    let chunks = self.run_chunks(report, &job, &action, *pieces, plan, sink);
+                    return Box::pin(chunks).await;
                 }
             }
         };
@@ -170,7 +171,7 @@ impl Worker {
         let bytes = fetched.bytes;
         report.original_size = Some(bytes.len() as u64);
         let encoded = self.encode(&bytes, &job).await.map_err(at(Step::Prepare))?;
-        metrics::counter!(names::BYTES_ENCODED).increment(bytes.len() as u64);
+        crate::hot!(counter, names::BYTES_ENCODED).increment(bytes.len() as u64);
         report.content_type = Some(encoded.content_type.clone());
         report.encoded_size = Some(encoded.encoded_size());
         report.sha256 = Some(encoded.sha256.clone());
@@ -206,7 +207,7 @@ impl Worker {
 
     /// One execute call of the current step, counted.
     async fn execute(&self, action: &str, key: &str, body: Bytes) -> Result<Executed, Failure> {
-        metrics::counter!(names::ATTEMPTS).increment(1);
+        crate::hot!(counter, names::ATTEMPTS).increment(1);
         self.client.execute(action, key, body).await
     }
 
@@ -343,13 +344,13 @@ impl Worker {
                 self.tally
                     .latency_ms
                     .fetch_add(report.latency.as_millis() as u64, Ordering::Relaxed);
-                metrics::counter!(names::JOBS, "outcome" => "succeeded").increment(1);
+                crate::hot!(counter, names::JOBS, "outcome" => "succeeded").increment(1);
             }
             Outcome::Failed { kind, .. } => {
                 metrics::counter!(names::JOBS, "outcome" => "failed").increment(1);
                 metrics::counter!(names::JOBS_FAILED, "error_kind" => kind.as_str()).increment(1);
             }
-            Outcome::Retry { .. } => metrics::counter!(names::RETRIES).increment(1),
+            Outcome::Retry { .. } => crate::hot!(counter, names::RETRIES).increment(1),
             Outcome::HandBack { cause, .. } => {
                 metrics::counter!(names::HANDED_BACK, "reason" => cause.as_str()).increment(1)
             }

@@ -146,10 +146,14 @@ async fn a_queue_declared_with_other_arguments_ends_run_with_one_line() {
     w.spawn();
     let code = w.wait_exit(Duration::from_secs(30));
     assert_eq!(code, 2, "{}", w.logs());
-    let last = w.logs().lines().last().unwrap_or_default().to_owned();
+    let logs = w.logs();
+    let last = logs
+        .lines()
+        .find(|l| l.starts_with("cxone-worker: "))
+        .unwrap_or_default();
     assert!(
         last.starts_with("cxone-worker: queue ") && last.contains(&w.q("jobs")),
-        "one line naming the queue: {last}"
+        "one line naming the queue: {logs}"
     );
     assert!(
         last.contains("x-queue-type") || last.contains("inequivalent arg"),
@@ -168,10 +172,15 @@ async fn a_virtual_host_the_broker_refuses_ends_run_with_one_line() {
     w.spawn();
     let code = w.wait_exit(Duration::from_secs(30));
     assert_eq!(code, 2, "{}", w.logs());
-    let last = w.logs().lines().last().unwrap_or_default().to_owned();
+    let logs = w.logs();
+    let ours: Vec<_> = logs
+        .lines()
+        .filter(|l| l.starts_with("cxone-worker: "))
+        .collect();
+    assert_eq!(ours.len(), 1, "one line: {logs}");
     assert!(
-        last.starts_with("cxone-worker: the broker refuses access to the virtual host"),
-        "{last}"
+        ours[0].starts_with("cxone-worker: the broker refuses access to the virtual host"),
+        "{logs}"
     );
 }
 
