@@ -54,7 +54,7 @@ impl Job {
         {
             return invalid(format!(
                 "file {:?} is not a file://, s3://, az://, gs:// or http(s):// reference",
-                crate::config::redact_url(&self.file)
+                crate::text::redact_url(&self.file)
             ));
         }
         if self
@@ -98,7 +98,7 @@ const MAX_SHOWN_FILE: usize = 2048;
 /// there is part of the file's name.
 pub fn shown_file(reference: &str) -> String {
     let shown = if reference.starts_with("file://") {
-        crate::config::redact_url(reference)
+        crate::text::redact_url(reference)
     } else {
         match url::Url::parse(reference) {
             Ok(url) if url.has_host() => {
@@ -111,7 +111,7 @@ pub fn shown_file(reference: &str) -> String {
             }
             _ => {
                 // Redact first: a password may itself hold `?` or `#`.
-                let redacted = crate::config::redact_url(reference);
+                let redacted = crate::text::redact_url(reference);
                 let end = redacted.find(['?', '#']).unwrap_or(redacted.len());
                 redacted[..end].to_owned()
             }

@@ -1,5 +1,6 @@
 //! cxone-worker: consumes file jobs from RabbitMQ, encodes each file and executes a
-//! NICE CXone Data Action with it, then publishes the outcome.
+//! Data Action with it (Genesys Cloud, NICE CXone, or the tutorial's API, by profile),
+//! then publishes the outcome.
 //!
 //! One job flows through the modules in this order:
 //!
@@ -20,6 +21,7 @@
 //! | [`admin`] | `/healthz`, `/readyz`, `/metrics` |
 //! | [`telemetry`] | logs, traces and metric names |
 //! | [`trace`] | a job's W3C trace context, kept whether spans are exported or not |
+//! | [`text`] | times, durations and URLs as the worker writes them (passwords masked) |
 //! | [`shutdown`] | the signal that starts the drain |
 //! | [`ops`] | operator tooling: `enqueue` backfills, the DLQ (`dlq list/replay/purge`), `status` |
 //! | [`commands`] | one file per subcommand |
@@ -43,5 +45,6 @@ pub mod source;
 pub mod state;
 pub mod storage;
 pub mod telemetry;
+pub mod text;
 pub mod trace;
 pub mod worker;

@@ -6,10 +6,10 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::job::{ErrorKind, Systemic};
 use crate::state::JobState;
+use crate::text::{now, rfc3339};
 
 /// The stages a job passes, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -81,58 +81,6 @@ pub struct Report {
     pub stages: Vec<(Stage, OffsetDateTime)>,
     pub latency: Duration,
     pub outcome: Outcome,
-}
-
-/// A time as RFC 3339, exactly as `time`'s `Rfc3339` writes it (the fraction only
-/// as long as it needs), in one small allocation: every result and audit event has
-/// several, and the general formatter cost more than the rest of an event.
-pub fn rfc3339(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    let year = t.year();
-    if !(0..=9999).contains(&year) {
-        // Outside what RFC 3339 writes in four digits: the general formatter says so.
-        return t.format(&Rfc3339).unwrap_or_default();
-    }
-    let mut out = String::with_capacity(30);
-    let two = |out: &mut String, n: u8| {
-        out.push(char::from(b'0' + n / 10));
-        out.push(char::from(b'0' + n % 10));
-    };
-    let year = year as u32;
-    for d in [year / 1000, year / 100 % 10, year / 10 % 10, year % 10] {
-        out.push(char::from(b'0' + d as u8));
-    }
-    out.push('-');
-    two(&mut out, u8::from(t.month()));
-    out.push('-');
-    two(&mut out, t.day());
-    out.push('T');
-    two(&mut out, t.hour());
-    out.push(':');
-    two(&mut out, t.minute());
-    out.push(':');
-    two(&mut out, t.second());
-    let mut nanos = t.nanosecond();
-    if nanos > 0 {
-        let mut digits = 9;
-        while nanos.is_multiple_of(10) {
-            nanos /= 10;
-            digits -= 1;
-        }
-        let mut fraction = [b'0'; 9];
-        for slot in fraction[..digits].iter_mut().rev() {
-            *slot = b'0' + (nanos % 10) as u8;
-            nanos /= 10;
-        }
-        out.push('.');
-        out.extend(fraction[..digits].iter().map(|&b| char::from(b)));
-    }
-    out.push('Z');
-    out
-}
-
-pub fn now() -> OffsetDateTime {
-    OffsetDateTime::now_utc()
 }
 
 impl Report {
@@ -358,27 +306,7 @@ pub struct AuditEvent<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        #[test]
-        fn rfc3339_is_times(seconds in 0i64..253_402_300_799, nanos in 0u32..1_000_000_000) {
-            let t = OffsetDateTime::from_unix_timestamp(seconds).unwrap()
-                .replace_nanosecond(nanos).unwrap();
-            prop_assert_eq!(rfc3339(t), t.format(&Rfc3339).unwrap());
-        }
-    }
-
-    #[test]
-    fn rfc3339_trims_the_fraction_as_times_does() {
-        for nanos in [0, 1, 100_000_000, 120_000_000, 999_999_999] {
-            let t = OffsetDateTime::from_unix_timestamp(1_800_000_000)
-                .unwrap()
-                .replace_nanosecond(nanos)
-                .unwrap();
-            assert_eq!(rfc3339(t), t.format(&Rfc3339).unwrap(), "{nanos}");
-        }
-    }
+    use time::format_description::well_known::Rfc3339;
 
     fn report(outcome: Outcome) -> Report {
         let state = JobState {

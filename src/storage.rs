@@ -221,7 +221,7 @@ impl Storage {
     pub async fn probe(&self) -> Result<(), StorageError> {
         let body = format!(
             r#"{{"probe":"cxone-worker","at":"{}"}}"#,
-            crate::outcome::rfc3339(crate::outcome::now())
+            crate::text::rfc3339(crate::text::now())
         );
         self.put(PROBE_NAME, vec![Bytes::from(body)]).await
     }
@@ -250,7 +250,7 @@ impl Storage {
         };
         let tail = Tail {
             metadata: r.metadata,
-            synced_at: crate::outcome::rfc3339(crate::outcome::now()),
+            synced_at: crate::text::rfc3339(crate::text::now()),
         };
         // Serializing plain structs into a Vec cannot fail.
         let mut head = serde_json::to_vec(&head).expect("record head");

@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use cxone_worker::broker::topology::Topology;
-use cxone_worker::config::parse_duration;
 use cxone_worker::telemetry::names::{self, Kind};
+use cxone_worker::text::parse_duration;
 use serde::Deserialize;
 use serde_json::Value as Json;
 use serde_norway::Value as Yaml;

@@ -6,9 +6,7 @@
 
 #[path = "support/cleanup.rs"]
 mod cleanup;
-// Only part of the harness serves a fleet.
-#[allow(dead_code)]
-#[path = "worker/harness.rs"]
+#[path = "support/worker.rs"]
 mod harness;
 #[path = "fleet/replicas.rs"]
 mod replicas;

@@ -6,10 +6,10 @@
 mod cleanup;
 #[path = "support/file_server.rs"]
 mod file_server;
+#[path = "support/worker.rs"]
+mod harness;
 #[path = "support/servers.rs"]
 mod servers;
-#[path = "support/worker_run.rs"]
-mod worker_run;
 
 // The tests of each kind of source live beside this file and share its harness.
 #[path = "sources/http.rs"]
@@ -260,7 +260,7 @@ async fn refusals_end_as_the_contract_says_through_rabbitmq() {
         ("FILE_BUCKETS".into(), "e2e-refusals".into()),
         ("MAX_PAYLOAD_BYTES".into(), "100000".into()),
     ]);
-    let run = worker_run::WorkerRun::start(&env).await;
+    let mut run = harness::Worker::started(&env).await;
     let redirect_away = server.https_url(&format!(
         "/redirect?to={}",
         urlencode(&server.https_url_by_name("/files/a.pdf"))
@@ -299,14 +299,14 @@ async fn refusals_end_as_the_contract_says_through_rabbitmq() {
     }
     let results = run.results(cases.len(), Duration::from_secs(20)).await;
     for (id, _, kind) in &cases {
-        let r = worker_run::result_of(&results, id);
-        assert_eq!(r.key, "job.failed", "{id}: {:?}", r.body);
+        let r = harness::result_of(&results, id);
+        assert_eq!(r.routing_key, "job.failed", "{id}: {:?}", r.body);
         assert_eq!(r.body["error_kind"], kind.as_str(), "{id}: {:?}", r.body);
     }
     assert!(
         server.sent() < 16 * MIB,
         "the oversize file was not downloaded whole"
     );
-    run.wait_dead_letters(cases.len() as u32).await;
-    run.finish().await;
+    run.wait_depth("jobs.dlq", cases.len() as u32, Duration::from_secs(5))
+        .await;
 }

@@ -6,10 +6,10 @@
 mod cleanup;
 #[path = "support/file_server.rs"]
 mod file_server;
+#[path = "support/worker.rs"]
+mod harness;
 #[path = "support/servers.rs"]
 mod servers;
-#[path = "support/worker_run.rs"]
-mod worker_run;
 
 // What a failed write means, the probe, and records' URIs, beside this file.
 #[path = "storage/faults.rs"]
@@ -284,15 +284,13 @@ fn job(id: &str, file: &str) -> Value {
 
 /// Runs the worker with `env`, sends one job for `file`, and returns its result.
 async fn succeeds(env: Vec<(String, String)>, id: &str, file: &str) -> Value {
-    let run = worker_run::WorkerRun::start(&env).await;
+    let mut run = harness::Worker::started(&env).await;
     run.publish(&job(id, file)).await;
     let results = run.results(1, Duration::from_secs(20)).await;
-    let r = worker_run::result_of(&results, id);
-    assert_eq!(r.key, "job.succeeded", "{:?}", r.body);
+    let r = harness::result_of(&results, id);
+    assert_eq!(r.routing_key, "job.succeeded", "{:?}", r.body);
     assert_eq!(r.body["original_size"], PDF.len());
-    let body = r.body.clone();
-    run.finish().await;
-    body
+    r.body.clone()
 }
 
 #[tokio::test]
@@ -400,12 +398,12 @@ async fn a_record_only_retry_that_cannot_fetch_the_file_again_ends_without_a_sec
         ),
         ("MAX_ATTEMPTS".into(), "3".into()),
     ];
-    let run = worker_run::WorkerRun::start(&env).await;
+    let mut run = harness::Worker::started(&env).await;
     run.publish(&job("e2e-once", &server.https_url("/once/once.pdf")))
         .await;
     let results = run.results(1, Duration::from_secs(20)).await;
-    let r = worker_run::result_of(&results, "e2e-once");
-    assert_eq!(r.key, "job.failed", "{:?}", r.body);
+    let r = harness::result_of(&results, "e2e-once");
+    assert_eq!(r.routing_key, "job.failed", "{:?}", r.body);
     assert_eq!(r.body["error_kind"], "exhausted", "{:?}", r.body);
     assert_eq!(r.body["attempts"], 1, "executed once: {:?}", r.body);
     assert!(
@@ -415,5 +413,4 @@ async fn a_record_only_retry_that_cannot_fetch_the_file_again_ends_without_a_sec
         "{:?}",
         r.body
     );
-    run.finish().await;
 }

@@ -5,9 +5,7 @@
 
 #[path = "support/cleanup.rs"]
 mod cleanup;
-// Shared with tests/worker.rs, which uses all of it.
-#[allow(dead_code)]
-#[path = "worker/harness.rs"]
+#[path = "support/worker.rs"]
 mod harness;
 
 use std::sync::{Arc, Mutex};

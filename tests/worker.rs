@@ -5,7 +5,7 @@
 mod chunks;
 #[path = "support/cleanup.rs"]
 mod cleanup;
-#[path = "worker/harness.rs"]
+#[path = "support/worker.rs"]
 mod harness;
 #[path = "worker/resilience.rs"]
 mod resilience;

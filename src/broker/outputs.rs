@@ -7,8 +7,9 @@ use lapin::types::{AMQPValue, FieldTable};
 
 use super::publisher::Outgoing;
 use super::topology::{Topology, header_int, headers, headers_without, routing, short, text};
-use crate::outcome::{AuditEvent, Outcome, Report, rfc3339};
+use crate::outcome::{AuditEvent, Outcome, Report};
 use crate::state::{JobState, StateKey};
+use crate::text::rfc3339;
 
 /// A delivery as it came: copies keep its body and properties.
 pub struct Original<'a> {
@@ -45,7 +46,7 @@ pub fn messages(
             );
             extra.insert(
                 headers::FAILED_AT.into(),
-                text(&rfc3339(crate::outcome::now())),
+                text(&rfc3339(crate::text::now())),
             );
             // The DLQ copy's state restarts the counts for a replay and keeps the
             // progress: a replay never runs the action again.

@@ -9,7 +9,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 use serde_json::{Value, json};
 
-use crate::config::format_duration;
+use crate::text::format_duration;
 
 /// Deliveries of one job message before the broker dead-letters it without the
 /// worker: the backstop for a message that crashes the worker every time. High
@@ -210,7 +210,7 @@ impl Topology {
     pub fn is_retry_queue(&self, name: &str) -> bool {
         name.strip_prefix(&self.prefix)
             .and_then(|rest| rest.strip_prefix(".retry."))
-            .and_then(crate::config::parse_duration)
+            .and_then(crate::text::parse_duration)
             .is_some()
     }
 

@@ -16,7 +16,7 @@ use crate::ops::dlq::{self, Selection};
 use crate::ops::flags;
 use crate::ops::letter;
 use crate::ops::readers::{self, Reader};
-use crate::outcome::now;
+use crate::text::now;
 
 #[derive(Args, Debug, Clone)]
 pub struct DlqArgs {

@@ -7,9 +7,10 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::broker::topology::Topology;
-use crate::config::{BrokerArgs, BrokerSettings, ConfigError, parse_duration, parse_retry_delays};
+use crate::config::{BrokerArgs, BrokerSettings, ConfigError, parse_retry_delays};
 use crate::ops::status;
-use crate::outcome::{now, rfc3339};
+use crate::text::parse_duration;
+use crate::text::{now, rfc3339};
 
 #[derive(Args, Debug, Clone)]
 pub struct StatusArgs {

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{ConfigError, Secret, bad, choice, duration, given, number_in, or_default, redact_url};
+use super::{ConfigError, Secret, bad, choice, duration, given, number_in, or_default};
+use crate::text::redact_url;
 
 /// The API profiles of the contract: which shapes the API speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,7 +21,9 @@ pub use api::{AccessKey, ApiArgs, ApiSettings, BodyArgs, BodyFields, ProfileName
 pub use files::{AllowedHost, AllowedPort, FileArgs, FileSettings, LimitArgs, Limits};
 pub use limits::{CallLimitArgs, CallLimitSettings, LimitScope};
 pub use storage::{StorageArgs, StoragePayload, StorageSettings};
-pub use value::{AmqpUrl, Secret, format_duration, parse_duration, redact_url, split_list};
+pub use value::{AmqpUrl, Secret, split_list};
+
+use crate::text::parse_duration;
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_MIME_TYPES: &str =

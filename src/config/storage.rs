@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::files::read_ca_file;
-use super::{ConfigError, Secret, bad, choice, given, redact_url};
+use super::{ConfigError, Secret, bad, choice, given};
+use crate::text::redact_url;
 
 /// How much of the payload the external storage record keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,9 +1,10 @@
-//! Value types and parsers shared by the settings: secrets, broker URLs, durations, lists.
+//! Value types and parsers shared by the settings: secrets, broker URLs, lists.
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+
+use crate::text::redact_url;
 
 /// A value that must never reach a log, an audit event, a result or a DLQ header.
 ///
@@ -170,64 +171,6 @@ impl fmt::Display for AmqpUrl {
     }
 }
 
-/// Replaces the password of `scheme://user:password@host…` by `***`, working on the raw
-/// text so that even an unparsable URL is printed without its password.
-///
-/// A user or password typed without percent-encoding may hold `/`, `?`, `#` or `@`,
-/// so everything from the first `:` to the *last* `@` is masked. Erring this way can
-/// mask a port and part of a path that holds `@` (`host:***@h`), never print a
-/// password.
-pub fn redact_url(raw: &str) -> String {
-    let Some(scheme_end) = raw.find("://") else {
-        return raw.to_owned();
-    };
-    let rest = &raw[scheme_end + 3..];
-    let Some(at) = rest.rfind('@') else {
-        return raw.to_owned();
-    };
-    match rest[..at].find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &raw[..scheme_end + 3],
-            &rest[..colon],
-            &rest[at..]
-        ),
-        None => raw.to_owned(),
-    }
-}
-
-/// Parses `200ms`, `5s`, `2m`, `1h` (a whole number and a unit).
-pub fn parse_duration(raw: &str) -> Option<Duration> {
-    let raw = raw.trim();
-    let split = raw.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = raw.split_at(split);
-    let n: u64 = number.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs),
-        "h" => n.checked_mul(3600).map(Duration::from_secs),
-        _ => None,
-    }
-}
-
-/// Prints a duration the way [`parse_duration`] reads it, in the largest exact unit.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms == 0 {
-        return "0s".to_owned();
-    }
-    if ms.is_multiple_of(3_600_000) {
-        format!("{}h", ms / 3_600_000)
-    } else if ms.is_multiple_of(60_000) {
-        format!("{}m", ms / 60_000)
-    } else if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
-}
-
 /// Splits a separated list, trimming items and dropping empty ones.
 pub fn split_list(raw: &str, sep: char) -> Vec<String> {
     raw.split(sep)
@@ -322,30 +265,6 @@ mod tests {
             for piece in ["Se", "CrEt"] {
                 assert!(!said.contains(piece), "{raw} -> {said}");
             }
-        }
-    }
-
-    #[test]
-    fn redaction_leaves_urls_without_password_alone() {
-        assert_eq!(redact_url("amqp://host/vh"), "amqp://host/vh");
-        assert_eq!(redact_url("amqp://user@host/"), "amqp://user@host/");
-        assert_eq!(redact_url("amqp://host:5672/vh"), "amqp://host:5672/vh");
-        assert_eq!(redact_url("not a url"), "not a url");
-        // A `:` before an `@` may be a password's: masked, even when it was not.
-        assert_eq!(redact_url("amqp://host:5672/v@h"), "amqp://host:***@h");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("200ms"), Some(Duration::from_millis(200)));
-        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
-        for bad in ["5x", "5", "s", "", "-1s", "1.5s", "5 s"] {
-            assert_eq!(parse_duration(bad), None, "{bad}");
-        }
-        for d in ["200ms", "5s", "2m", "1h", "90s", "1500ms"] {
-            assert_eq!(format_duration(parse_duration(d).unwrap()), d);
         }
     }
 

@@ -17,8 +17,8 @@ use time::format_description::well_known::Rfc3339;
 use crate::broker::publisher::Outgoing;
 use crate::broker::topology::{Topology, header_int, header_text, headers, headers_without};
 use crate::job::{ErrorKind, idempotency_key, loose_job_id, shown_file};
-use crate::outcome::rfc3339;
 use crate::state::JobState;
+use crate::text::rfc3339;
 
 /// Kinds that only RabbitMQ gives (the `reason` of `x-death`), and `unknown` for a
 /// message that carries neither the contract's headers nor `x-death`.
@@ -188,7 +188,7 @@ pub fn parse_since(raw: &str, now: OffsetDateTime) -> Result<OffsetDateTime, Str
     }
     let ago = match raw.strip_suffix('d').and_then(|n| n.parse::<u64>().ok()) {
         Some(days) => days.checked_mul(86_400).map(Duration::from_secs),
-        None => crate::config::parse_duration(raw),
+        None => crate::text::parse_duration(raw),
     };
     ago.and_then(|d| time::Duration::try_from(d).ok())
         .and_then(|d| now.checked_sub(d))

@@ -368,7 +368,7 @@ pub fn to_table(selection: &Selection, now: OffsetDateTime) -> String {
             // Whole seconds are enough to read; the JSON keeps the header's precision.
             d.failed_at
                 .and_then(|t| t.replace_nanosecond(0).ok())
-                .map_or_else(|| "-".into(), crate::outcome::rfc3339),
+                .map_or_else(|| "-".into(), crate::text::rfc3339),
             d.age(now).map_or_else(|| "-".into(), short_duration),
             d.replays.to_string(),
             d.file

@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use super::dead::DeadLetter;
 use super::table::short_duration;
 use crate::job::shown_file;
-use crate::outcome::rfc3339;
+use crate::text::rfc3339;
 
 /// Nesting shown at most; a deeper value is summarized. A producer can nest tables
 /// as deep as a frame allows, and neither the terminal nor the stack needs that.

@@ -244,7 +244,8 @@ pub fn interrupt(notice: Option<&'static str>) -> CancellationToken {
 pub mod flags {
     use std::time::Duration;
 
-    use crate::config::{ConfigError, parse_duration};
+    use crate::config::ConfigError;
+    use crate::text::parse_duration;
 
     fn bad(var: &'static str, message: String) -> ConfigError {
         ConfigError { var, message }

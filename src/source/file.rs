@@ -58,7 +58,7 @@ pub(crate) fn open(reference: &str, roots: &Roots, max: u64) -> Result<OpenedFil
     if !path.is_absolute() {
         return Err(denied(format!(
             "{:?} is not an absolute path",
-            crate::config::redact_url(reference)
+            crate::text::redact_url(reference)
         )));
     }
     let (handle, path) = match roots {

@@ -271,7 +271,7 @@ pub(crate) fn shown_raw(raw: &str) -> String {
         Ok(url) => shown(&url),
         Err(_) => {
             // Redact first: a password may itself hold `?` or `#`.
-            let redacted = crate::config::redact_url(raw);
+            let redacted = crate::text::redact_url(raw);
             let cut = redacted.find(['?', '#']).unwrap_or(redacted.len());
             redacted[..cut].to_owned()
         }

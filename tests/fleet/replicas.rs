@@ -185,7 +185,7 @@ pub async fn sim_stats(w: &Worker) -> Value {
 pub async fn publish_jobs(w: &Worker, tag: &str, n: usize) {
     let delays: Vec<Duration> = w.env["RETRY_DELAYS"]
         .split(',')
-        .filter_map(cxone_worker::config::parse_duration)
+        .filter_map(cxone_worker::text::parse_duration)
         .collect();
     Topology::new(&w.prefix, &delays)
         .declare(&w.channel)

@@ -132,6 +132,7 @@ async fn dripping_jobs_hold_other_jobs_back_only_a_few_seconds() {
     env.extend(
         [
             ("WORKER_CONCURRENCY", DRIPPERS.to_string()),
+            ("MAX_ATTEMPTS", "2".into()),
             ("MAX_PAYLOAD_BYTES", MAX.to_string()),
             ("FILE_HTTP_TIMEOUT", "2s".into()),
             ("FILE_HTTP_ALLOWED_HOSTS", "127.0.0.1:*".into()),
@@ -151,7 +152,7 @@ async fn dripping_jobs_hold_other_jobs_back_only_a_few_seconds() {
         ]
         .map(|(k, v)| (k.to_owned(), v)),
     );
-    let run = worker_run::WorkerRun::start(&env).await;
+    let mut run = harness::Worker::started(&env).await;
     let published = time::OffsetDateTime::now_utc();
     for i in 0..DRIPPERS {
         let job = json!({"job_id": format!("drip-{i}"), "file": dripping(&server)});
@@ -164,8 +165,8 @@ async fn dripping_jobs_hold_other_jobs_back_only_a_few_seconds() {
     let n = DRIPPERS + good.references.len();
     let results = run.results(n, Duration::from_secs(60)).await;
     for (kind, _) in &good.references {
-        let r = worker_run::result_of(&results, kind);
-        assert_eq!(r.key, "job.succeeded", "{kind}: {:?}", r.body);
+        let r = harness::result_of(&results, kind);
+        assert_eq!(r.routing_key, "job.succeeded", "{kind}: {:?}", r.body);
         let done = r.body["completed_at"].as_str().expect("completed_at");
         let done =
             time::OffsetDateTime::parse(done, &time::format_description::well_known::Rfc3339)
@@ -178,10 +179,9 @@ async fn dripping_jobs_hold_other_jobs_back_only_a_few_seconds() {
         );
     }
     for i in 0..DRIPPERS {
-        let r = worker_run::result_of(&results, &format!("drip-{i}"));
+        let r = harness::result_of(&results, &format!("drip-{i}"));
         assert_eq!(r.body["error_kind"], "exhausted", "{:?}", r.body);
         let error = r.body["error"].as_str().unwrap_or("");
         assert!(error.contains("too slow"), "{error}");
     }
-    run.finish().await;
 }

@@ -323,7 +323,7 @@ async fn read_all(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> String {
 /// An RFC 3339 time `ago` before now.
 pub fn ago(ago: Duration) -> String {
     let t = time::OffsetDateTime::now_utc() - ago;
-    cxone_worker::outcome::rfc3339(t.replace_nanosecond(0).unwrap())
+    cxone_worker::text::rfc3339(t.replace_nanosecond(0).unwrap())
 }
 
 /// Sends a signal to a running child (`TERM`, `INT`).

@@ -1,5 +1,9 @@
 //! A worker under test: the real binary, the in-process simulator, a real RabbitMQ,
-//! a random queue prefix and a temporary directory, all torn down at the end.
+//! a random queue prefix and a temporary directory, all torn down at the end. The one
+//! harness of every test that runs `cxone-worker run`. RabbitMQ missing is a test
+//! failure, never a skip.
+
+#![allow(dead_code)] // each test binary uses its own part of it
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,6 +22,7 @@ pub const SECRET: &str = "harness-secret";
 pub use crate::cleanup::amqp_url;
 
 /// A result read from `P.results`.
+#[derive(Debug)]
 pub struct Got {
     pub routing_key: String,
     pub properties: BasicProperties,
@@ -99,6 +104,15 @@ impl Worker {
             log,
             runs: 0,
         }
+    }
+
+    /// A worker with `env` over the defaults, against a default simulator, started
+    /// and ready: for tests whose settings are all environment (object stores, HTTP).
+    pub async fn started(env: &[(String, String)]) -> Self {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut worker = Worker::new(SimConfig::default(), &env).await;
+        worker.start().await;
+        worker
     }
 
     /// Starts the worker and waits until it consumes (`/readyz` answers 200).
@@ -339,6 +353,24 @@ impl Worker {
         q.message_count()
     }
 
+    /// Waits until `P.{queue}` holds `n` messages (dead letters are published with
+    /// the results, so they may land a moment after them).
+    pub async fn wait_depth(&self, queue: &str, n: u32, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let depth = self.depth(queue).await;
+            if depth == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{depth} messages in {queue}, not {n}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn consumers(&self, queue: &str) -> u32 {
         let ch = self.conn.create_channel().await.unwrap();
         let q = ch
@@ -438,7 +470,7 @@ impl Drop for Worker {
         self.kill();
         let delays = self.env["RETRY_DELAYS"]
             .split(',')
-            .filter_map(cxone_worker::config::parse_duration)
+            .filter_map(cxone_worker::text::parse_duration)
             .collect::<Vec<_>>();
         crate::cleanup::delete_topology(Topology::new(&self.prefix, &delays));
     }
@@ -467,6 +499,14 @@ fn signal(child: &Child, name: &str) {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// The result of `job_id` among `results`.
+pub fn result_of<'a>(results: &'a [Got], job_id: &str) -> &'a Got {
+    results
+        .iter()
+        .find(|r| r.body["job_id"] == job_id)
+        .unwrap_or_else(|| panic!("no result for {job_id}: {results:?}"))
 }
 
 /// A job for `file` with an explicit id.
