@@ -480,19 +480,7 @@ async fn the_workers_dead_letters_are_listed_and_replayed() {
         .await;
     assert_eq!(ran.code, 0, "{}", ran.stderr);
 
-    let mut worker = b.cli(&["run"]);
-    worker
-        .env("CXONE_API_URL", sim.url())
-        .env("CXONE_CLIENT_ID", "test-client")
-        .env("CXONE_CLIENT_SECRET", "test-secret")
-        .env("CXONE_DATA_ACTION_ID", "default-action")
-        .env("FILE_ROOTS", root.to_str().unwrap())
-        .env("ADMIN_ADDR", "127.0.0.1:0")
-        .env("LOG_FORMAT", "text")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let worker = worker.spawn().unwrap();
+    let worker = b.worker(&sim.url(), "test-secret", &root);
     let dlq = b.topology.dlq();
     b.wait_ready(&dlq, 2, Duration::from_secs(30)).await;
 

@@ -235,23 +235,6 @@ async fn watch_refreshes_until_interrupted() {
     assert!(text.contains("(Ctrl-C to stop)"), "{text}");
 }
 
-/// A `cxone-worker run` against the simulator at `api`, with `secret` as its client
-/// secret, reading files under `root`.
-fn worker(b: &Broker, api: &str, secret: &str, root: &std::path::Path) -> tokio::process::Child {
-    let mut cmd = b.cli(&["run"]);
-    cmd.env("CXONE_API_URL", api)
-        .env("CXONE_CLIENT_ID", "test-client")
-        .env("CXONE_CLIENT_SECRET", secret)
-        .env("CXONE_DATA_ACTION_ID", "default-action")
-        .env("FILE_ROOTS", root.to_str().unwrap())
-        .env("ADMIN_ADDR", "127.0.0.1:0")
-        .env("LOG_FORMAT", "text")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    cmd.spawn().expect("the worker starts")
-}
-
 /// Runs `status --json` until `done` holds for its workers (30 s at most).
 async fn status_until(b: &Broker, what: &str, done: impl Fn(&[Value]) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -286,7 +269,7 @@ async fn paused_workers_are_listed_with_their_reason() {
 
     // A worker whose credentials the API refuses pauses at its first job: it hands
     // the job back and cancels its consumer, and must still be listed.
-    let refused = worker(&b, &sim.url(), "wrong-secret", &root);
+    let refused = b.worker(&sim.url(), "wrong-secret", &root);
     let job = format!(
         r#"{{"job_id":"p-1","file":"file://{}/a.pdf"}}"#,
         root.display()
@@ -299,7 +282,7 @@ async fn paused_workers_are_listed_with_their_reason() {
     )
     .await;
     status_until(&b, "paused", |w| w.len() == 1 && w[0]["paused"].is_string()).await;
-    let good = worker(&b, &sim.url(), "test-secret", &root);
+    let good = b.worker(&sim.url(), "test-secret", &root);
     let started = Instant::now();
     let v = status_until(&b, "two workers", |w| w.len() == 2).await;
     eprintln!(

@@ -38,17 +38,8 @@ pub async fn listen(
     topology: &Topology,
 ) -> lapin::Result<lapin::Consumer> {
     let channel = connection.create_channel().await?;
-    let queue = topology.declare_control_queue(&channel).await?;
-    channel
-        .basic_consume(
-            queue,
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
+    topology
+        .consume_control_queue(&channel, FieldTable::default())
         .await
 }
 

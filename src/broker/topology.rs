@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 use serde_json::{Value, json};
@@ -334,9 +336,31 @@ impl Topology {
         Ok(())
     }
 
-    /// A worker's own queue on `P.control`: exclusive and auto-deleted, so it lives
-    /// exactly as long as the worker's connection. Returns its server-given name.
-    pub async fn declare_control_queue(&self, channel: &Channel) -> lapin::Result<ShortString> {
+    /// `P.control` alone, as [`Topology::declare`] declares it: for the fleet's link,
+    /// which may connect before the consumer has declared the rest.
+    pub async fn declare_control_exchange(&self, channel: &Channel) -> lapin::Result<()> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                self.control().into(),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+    }
+
+    /// A worker's own queue on `P.control`, consumed without acks: exclusive and
+    /// auto-deleted, so it lives exactly as long as the worker's connection;
+    /// `arguments` as the caller needs (the fleet's notes expire).
+    pub async fn consume_control_queue(
+        &self,
+        channel: &Channel,
+        arguments: FieldTable,
+    ) -> lapin::Result<lapin::Consumer> {
         let queue = channel
             .queue_declare(
                 "".into(),
@@ -345,7 +369,7 @@ impl Topology {
                     auto_delete: true,
                     ..QueueDeclareOptions::default()
                 },
-                FieldTable::default(),
+                arguments,
             )
             .await?;
         channel
@@ -357,7 +381,17 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        Ok(queue.name().clone())
+        channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
     }
 
     /// The same topology as a RabbitMQ definitions document (`rabbitmqctl

@@ -248,24 +248,20 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
     }
 
+    fn profile(name: crate::config::ProfileName, api: &str) -> Profile {
+        let api = Some(url::Url::parse(api).unwrap());
+        Profile::from_settings(&crate::config::ApiSettings::new(name, api, "id", "s"))
+    }
+
     fn seed() -> Profile {
-        let s = crate::config::ApiSettings::new(
-            crate::config::ProfileName::Seed,
-            Some(url::Url::parse("http://api.example").unwrap()),
-            "id",
-            "s",
-        );
-        Profile::from_settings(&s)
+        profile(crate::config::ProfileName::Seed, "http://api.example")
     }
 
     fn genesys() -> Profile {
-        let s = crate::config::ApiSettings::new(
+        profile(
             crate::config::ProfileName::Genesys,
-            Some(url::Url::parse("https://api.mypurecloud.com").unwrap()),
-            "id",
-            "s",
-        );
-        Profile::from_settings(&s)
+            "https://api.mypurecloud.com",
+        )
     }
 
     fn classify_as(

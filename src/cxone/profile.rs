@@ -97,9 +97,10 @@ impl Profile {
         };
         let override_or =
             |endpoint: TokenEndpoint| s.token_url.clone().map_or(endpoint, TokenEndpoint::Fixed);
-        match s.name() {
+        let (name, body) = (s.profile, body_format(s.profile, &s.body));
+        match name {
             ProfileName::Seed => Self {
-                name: ProfileName::Seed,
+                name,
                 grant: Grant::ClientCredentials {
                     scope: Some(SEED_SCOPE),
                 },
@@ -109,24 +110,24 @@ impl Profile {
                 ))),
                 api_base: ApiBase::Fixed(fixed_base()),
                 execute_path: DATA_ACTIONS,
-                body: body_format(s.profile, &s.body),
+                body,
                 execution_id: ExecutionId::BodyField,
                 errors: ErrorBodies::Excerpt,
                 rate_headers: false,
             },
             ProfileName::Genesys => Self {
-                name: ProfileName::Genesys,
+                name,
                 grant: Grant::ClientCredentials { scope: None },
                 token_endpoint: override_or(TokenEndpoint::Fixed(genesys_login(&fixed_base()))),
                 api_base: ApiBase::Fixed(fixed_base()),
                 execute_path: INTEGRATION_ACTIONS,
-                body: body_format(s.profile, &s.body),
+                body,
                 execution_id: ExecutionId::CorrelationHeader,
                 errors: ErrorBodies::Genesys,
                 rate_headers: true,
             },
             ProfileName::Cxone => Self {
-                name: ProfileName::Cxone,
+                name,
                 grant: Grant::AccessKey,
                 token_endpoint: override_or(TokenEndpoint::Discovered {
                     issuer: s.issuer.clone(),
@@ -138,7 +139,7 @@ impl Profile {
                     },
                 },
                 execute_path: DATA_ACTIONS,
-                body: body_format(s.profile, &s.body),
+                body,
                 execution_id: ExecutionId::BodyField,
                 errors: ErrorBodies::Excerpt,
                 rate_headers: false,
@@ -156,12 +157,6 @@ impl Profile {
             .chain(after.iter().copied())
             .collect();
         super::endpoint(base, &segments)
-    }
-}
-
-impl ApiSettings {
-    fn name(&self) -> ProfileName {
-        self.profile
     }
 }
 

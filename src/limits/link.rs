@@ -7,12 +7,9 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -173,53 +170,13 @@ impl Link {
         let name = format!("cxone-worker fleet ({})", self.config.prefix);
         let connection = crate::broker::connect(&self.config.url, &name).await?;
         let channel = connection.create_channel().await?;
-        // As `Topology::declare` declares it: whichever of the two runs first.
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        channel
-            .exchange_declare(
-                self.control.as_str().into(),
-                ExchangeKind::Fanout,
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
+        // Whichever of this link and the consumer connects first declares P.control.
+        let topology = Topology::new(&self.config.prefix, &[]);
+        topology.declare_control_exchange(&channel).await?;
         let mut arguments = FieldTable::default();
         // A note older than the silence that ends a member is worth nothing.
         arguments.insert("x-message-ttl".into(), AMQPValue::LongUInt(ttl_ms()));
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                arguments,
-            )
-            .await?;
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                self.control.as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let notes = channel
-            .basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let notes = topology.consume_control_queue(&channel, arguments).await?;
         Ok(Session {
             connection,
             channel,

@@ -5,8 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use tokio::io::AsyncWriteExt;
 
 use super::broker::Broker;
@@ -37,19 +35,8 @@ pub async fn hold_dlq(b: &Broker) -> Holder {
 /// Whether `name` is an exclusive queue of another connection (405 to a passive
 /// declare from this one).
 pub async fn marker_locked(b: &Broker, name: &str) -> bool {
-    let ch = b.conn.create_channel().await.unwrap();
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    match ch
-        .queue_declare(name.into(), passive, FieldTable::default())
-        .await
-    {
-        Ok(_) => {
-            let _ = ch.close(200, "ok".into()).await;
-            false
-        }
+    match crate::cleanup::inspect_queue(&b.conn, name).await {
+        Ok(_) => false,
         Err(e) => matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 405),
     }
 }

@@ -92,19 +92,12 @@ async fn run_unprivileged(b: &Broker, args: &[&str]) -> Ran {
         .output()
         .await
         .expect("setpriv (util-linux) runs the binary as nobody");
-    let ran = Ran {
+    Ran {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    eprintln!(
-        "$ cxone-worker {}\n{}{}-> {}",
-        args.join(" "),
-        ran.stdout,
-        ran.stderr,
-        ran.code
-    );
-    ran
+    }
+    .echoed(args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,19 +342,7 @@ async fn the_worker_fails_a_file_whose_bytes_contradict_its_name() {
     let sim = cxone_worker::sim::spawn(cxone_worker::sim::SimConfig::default())
         .await
         .unwrap();
-    let mut worker = b.cli(&["run"]);
-    worker
-        .env("CXONE_API_URL", sim.url())
-        .env("CXONE_CLIENT_ID", "test-client")
-        .env("CXONE_CLIENT_SECRET", "test-secret")
-        .env("CXONE_DATA_ACTION_ID", "default-action")
-        .env("FILE_ROOTS", path(&root))
-        .env("ADMIN_ADDR", "127.0.0.1:0")
-        .env("LOG_FORMAT", "text")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let worker = worker.spawn().unwrap();
+    let worker = b.worker(&sim.url(), "test-secret", &root);
     assert_eq!(b.run(&["enqueue", path(&root)]).await.code, 0);
     let got = results(&b, 4).await;
     let id = |name: &str| {

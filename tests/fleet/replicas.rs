@@ -5,7 +5,6 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cxone_worker::broker::topology::Topology;
 use serde_json::Value;
 
 use super::harness::Worker;
@@ -135,24 +134,14 @@ impl Replica {
     /// SIGTERM and the exit code; panics after `within`.
     pub fn stop(&mut self, within: Duration) -> i32 {
         let mut child = self.child.take().expect("a running replica");
-        let pid = child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(sent.success());
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            if start.elapsed() > within {
-                let _ = child.kill();
-                panic!(
-                    "{} ignored SIGTERM for {within:?}:\n{}",
-                    self.name,
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        super::harness::signal(&child, "TERM");
+        super::harness::exit_code_within(&mut child, within).unwrap_or_else(|| {
+            panic!(
+                "{} ignored SIGTERM for {within:?}:\n{}",
+                self.name,
+                self.logs()
+            )
+        })
     }
 
     /// SIGKILL: no goodbye, no clean-up.
@@ -183,11 +172,7 @@ pub async fn sim_stats(w: &Worker) -> Value {
 /// `n` small PDF jobs published to the fleet's queue (declared first, as the workers
 /// declare it, so that a backlog waits for them), ids `{tag}-{i}`.
 pub async fn publish_jobs(w: &Worker, tag: &str, n: usize) {
-    let delays: Vec<Duration> = w.env["RETRY_DELAYS"]
-        .split(',')
-        .filter_map(cxone_worker::text::parse_duration)
-        .collect();
-    Topology::new(&w.prefix, &delays)
+    w.topology()
         .declare(&w.channel)
         .await
         .expect("the topology declares");

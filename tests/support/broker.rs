@@ -8,10 +8,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cxone_worker::broker::topology::{Topology, text};
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions};
+use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
@@ -65,6 +63,21 @@ pub struct Ran {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
+}
+
+impl Ran {
+    /// Prints the run as a terminal would show it (kept by the test harness for a
+    /// failing test), and passes it on.
+    pub fn echoed(self, args: &[&str]) -> Ran {
+        eprintln!(
+            "$ cxone-worker {}\n{}{}-> {}",
+            args.join(" "),
+            self.stdout,
+            self.stderr,
+            self.code
+        );
+        self
+    }
 }
 
 pub struct Broker {
@@ -122,6 +135,24 @@ impl Broker {
         cmd
     }
 
+    /// A `cxone-worker run` against the simulator at `api` (whose default client is
+    /// `test-client`), with `secret` as its client secret, reading files under `root`;
+    /// its output is discarded.
+    pub fn worker(&self, api: &str, secret: &str, root: &std::path::Path) -> tokio::process::Child {
+        let mut cmd = self.cli(&["run"]);
+        cmd.env("CXONE_API_URL", api)
+            .env("CXONE_CLIENT_ID", "test-client")
+            .env("CXONE_CLIENT_SECRET", secret)
+            .env("CXONE_DATA_ACTION_ID", "default-action")
+            .env("FILE_ROOTS", root.to_str().unwrap())
+            .env("ADMIN_ADDR", "127.0.0.1:0")
+            .env("LOG_FORMAT", "text")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd.spawn().expect("the worker starts")
+    }
+
     /// Runs the binary to its end (a minute at most).
     pub async fn run(&self, args: &[&str]) -> Ran {
         self.run_with_input(args, None).await
@@ -153,19 +184,12 @@ impl Broker {
                 );
             }
         };
-        let ran = Ran {
+        Ran {
             code: status.code().unwrap_or(-1),
             stdout: stdout.await.unwrap(),
             stderr: stderr.await.unwrap(),
-        };
-        eprintln!(
-            "$ cxone-worker {}\n{}{}-> {}",
-            args.join(" "),
-            ran.stdout,
-            ran.stderr,
-            ran.code
-        );
-        ran
+        }
+        .echoed(args)
     }
 
     pub async fn publish(
@@ -230,20 +254,10 @@ impl Broker {
 
     /// Ready messages of a queue (passive declare).
     pub async fn ready(&self, queue: &str) -> u32 {
-        let ch = self.conn.create_channel().await.unwrap();
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        crate::cleanup::inspect_queue(&self.conn, queue)
             .await
-            .unwrap_or_else(|e| panic!("queue {queue}: {e}"));
-        let _ = ch.close(200, "ok".into()).await;
-        q.message_count()
+            .unwrap_or_else(|e| panic!("queue {queue}: {e}"))
+            .message_count()
     }
 
     /// Waits until a queue holds `n` ready messages.

@@ -1,5 +1,6 @@
-//! The one RabbitMQ address of the tests, removing one test's topology from it, and
-//! closing a connection from the broker's side as an operator would.
+//! The one RabbitMQ address of the tests, looking at a queue, removing one test's
+//! topology from it, and closing a connection from the broker's side as an operator
+//! would.
 #![allow(dead_code)] // each test binary uses its own part of the support
 
 use cxone_worker::broker::topology::Topology;
@@ -8,6 +9,22 @@ use lapin::{Connection, ConnectionProperties};
 /// 127.0.0.1:5672 as guest, or `AMQP_URL`.
 pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A passive declare of `queue` (its depth and consumers), on a channel of its own:
+/// the broker closes the channel when the queue does not exist, or is another
+/// connection's exclusive queue.
+pub async fn inspect_queue(conn: &Connection, queue: &str) -> Result<lapin::Queue, lapin::Error> {
+    let ch = conn.create_channel().await?;
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let q = ch
+        .queue_declare(queue.into(), passive, lapin::types::FieldTable::default())
+        .await?;
+    let _ = ch.close(200, "ok".into()).await;
+    Ok(q)
 }
 
 /// Publishes one persistent, mandatory message on a confirm channel and fails the

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use cxone_worker::broker::topology::Topology;
 use cxone_worker::sim::{SimConfig, SimHandle, spawn};
-use lapin::options::{BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicGetOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
 
@@ -175,31 +174,12 @@ impl Worker {
     /// Waits for the worker to exit on its own; its exit code.
     pub fn wait_exit(&mut self, within: Duration) -> i32 {
         let mut child = self.child.take().expect("a running worker");
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            if start.elapsed() > within {
-                let _ = child.kill();
-                panic!("worker still running after {within:?}:\n{}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        exit_code_within(&mut child, within)
+            .unwrap_or_else(|| panic!("worker still running after {within:?}:\n{}", self.logs()))
     }
 
     pub async fn ready_status(&self) -> Option<u16> {
-        let url = format!("http://{}/readyz", self.admin);
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .unwrap();
-        client
-            .get(url)
-            .send()
-            .await
-            .ok()
-            .map(|r| r.status().as_u16())
+        self.readyz().await.map(|(status, _)| status)
     }
 
     pub async fn wait_ready(&mut self, within: Duration) {
@@ -245,19 +225,13 @@ impl Worker {
         let mut child = self.child.take().expect("a running worker");
         let start = Instant::now();
         signal(&child, "TERM");
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return (status.code().unwrap_or(-1), start.elapsed());
-            }
-            if start.elapsed() > within {
-                let _ = child.kill();
-                panic!(
-                    "worker did not exit within {within:?} of SIGTERM:\n{}",
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let code = exit_code_within(&mut child, within).unwrap_or_else(|| {
+            panic!(
+                "worker did not exit within {within:?} of SIGTERM:\n{}",
+                self.logs()
+            )
+        });
+        (code, start.elapsed())
     }
 
     pub fn kill(&mut self) {
@@ -279,6 +253,15 @@ impl Worker {
         let path = self.root().join(name);
         std::fs::write(&path, content).unwrap();
         format!("file://{}", path.display())
+    }
+
+    /// The topology the worker declares, with the retry queues of its `RETRY_DELAYS`.
+    pub fn topology(&self) -> Topology {
+        let delays: Vec<Duration> = self.env["RETRY_DELAYS"]
+            .split(',')
+            .filter_map(cxone_worker::text::parse_duration)
+            .collect();
+        Topology::new(&self.prefix, &delays)
     }
 
     pub fn q(&self, name: &str) -> String {
@@ -337,20 +320,10 @@ impl Worker {
     }
 
     pub async fn depth(&self, queue: &str) -> u32 {
-        let ch = self.conn.create_channel().await.unwrap();
-        let q = ch
-            .queue_declare(
-                self.q(queue).into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        crate::cleanup::inspect_queue(&self.conn, &self.q(queue))
             .await
-            .unwrap();
-        let _ = ch.close(200, "".into()).await;
-        q.message_count()
+            .unwrap()
+            .message_count()
     }
 
     /// Waits until `P.{queue}` holds `n` messages (dead letters are published with
@@ -372,20 +345,10 @@ impl Worker {
     }
 
     pub async fn consumers(&self, queue: &str) -> u32 {
-        let ch = self.conn.create_channel().await.unwrap();
-        let q = ch
-            .queue_declare(
-                self.q(queue).into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        crate::cleanup::inspect_queue(&self.conn, &self.q(queue))
             .await
-            .unwrap();
-        let _ = ch.close(200, "".into()).await;
-        q.consumer_count()
+            .unwrap()
+            .consumer_count()
     }
 
     pub async fn stats(&self) -> Value {
@@ -421,19 +384,10 @@ impl Worker {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             self.assert_alive();
-            let ch = self.conn.create_channel().await.unwrap();
-            let declared = ch
-                .queue_declare(
-                    self.q("jobs").into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await;
-            if declared.is_ok() {
-                let _ = ch.close(200, "".into()).await;
+            if crate::cleanup::inspect_queue(&self.conn, &self.q("jobs"))
+                .await
+                .is_ok()
+            {
                 return;
             }
             assert!(
@@ -468,11 +422,7 @@ async fn spawn_retrying(config: SimConfig) -> SimHandle {
 impl Drop for Worker {
     fn drop(&mut self) {
         self.kill();
-        let delays = self.env["RETRY_DELAYS"]
-            .split(',')
-            .filter_map(cxone_worker::text::parse_duration)
-            .collect::<Vec<_>>();
-        crate::cleanup::delete_topology(Topology::new(&self.prefix, &delays));
+        crate::cleanup::delete_topology(self.topology());
     }
 }
 
@@ -492,7 +442,24 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn signal(child: &Child, name: &str) {
+/// The exit code of `child` once it exits; `None` (and the child killed) when it
+/// still runs after `within`.
+pub fn exit_code_within(child: &mut Child, within: Duration) -> Option<i32> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status.code().unwrap_or(-1));
+        }
+        if start.elapsed() > within {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends the signal `name` (`TERM`, `INT`, …) to `child`.
+pub fn signal(child: &Child, name: &str) {
     let status = Command::new("kill")
         .arg(format!("-{name}"))
         .arg(child.id().to_string())
