@@ -5,7 +5,9 @@
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
-/// The eight fields as they are named inside `inputs.chunk` (seed, cxone).
+/// The eight fields as they are named inside `inputs.chunk` (seed, cxone). Spelled
+/// here from the contract, not taken from `encode::body::CHUNK_FIELDS`: the simulator
+/// checks the worker, so a misspelt name in the worker must fail against it.
 pub(crate) const NESTED_NAMES: [&str; 8] = [
     "uploadId",
     "index",
